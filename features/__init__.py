@@ -1,0 +1,1 @@
+"""Data contract, validation, identity resolution, synthetic world and customer features."""

@@ -1,0 +1,112 @@
+"""Command-line commands of the features package: `nba synth`, `nba validate`, `nba ingest`.
+
+They are registered on the root `nba` application in `serving/cli.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features.config import load_data_config
+from features.contract import DataDir
+
+console = Console()
+
+DataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Data directory holding events (and optionally customers) as parquet or CSV.",
+        exists=True,
+        file_okay=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML configuration file; documented defaults if omitted."),
+]
+NowOption = Annotated[
+    datetime | None,
+    typer.Option("--now", help="Treat this UTC time as now (future-timestamp check)."),
+]
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Directory to write the world into.")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of people.")] = 20_000,
+    days: Annotated[int, typer.Option(min=14, help="Days of history.")] = 365,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = 0,
+    start: Annotated[
+        datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the history.")
+    ] = datetime(2025, 1, 1),
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+    dirty_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.1, help="Share of duplicated and malformed rows to inject."),
+    ] = 0.0005,
+) -> None:
+    """Generate a synthetic omnichannel world with ground truth (events, customers, truth)."""
+    from features.synth import generate_world
+
+    summary = generate_world(
+        out,
+        customers=customers,
+        days=days,
+        seed=seed,
+        start=date(start.year, start.month, start.day),
+        workers=workers,
+        dirty_rate=dirty_rate,
+    )
+    console.print(
+        f"[green]wrote[/green] {out}: {summary.customers:,} customers, "
+        f"{summary.events:,} events, {summary.contacts:,} outbound contacts "
+        f"in {summary.seconds:.1f} s"
+    )
+
+
+def _print_validation(title: str, report) -> None:
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("rows", justify="right")
+    table.add_row("received", f"{report.received:,}")
+    table.add_row("accepted", f"{report.accepted:,}")
+    table.add_row("rejected", f"{report.rejected:,}")
+    for reason, n in sorted(report.by_reason.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  {reason}", f"{n:,}")
+    console.print(table)
+
+
+def validate(data: DataOption, config: ConfigOption = None, now: NowOption = None) -> None:
+    """Validate the events (and customers) of a data directory; quarantine rejected rows."""
+    import duckdb
+
+    from features.validation import validate_customers, validate_events, write_quarantine
+
+    cfg = load_data_config(config)
+    data_dir = DataDir(data)
+    con = duckdb.connect()
+    events = validate_events(data_dir.events(), cfg, con, now=now)
+    customers = validate_customers(data_dir.customers(), cfg, con) if data_dir.customers() else None
+    paths = write_quarantine(data_dir, con, events, customers)
+    _print_validation("events", events.report)
+    if customers is not None:
+        _print_validation("customers", customers.report)
+    console.print(f"rejected rows with their reasons: {', '.join(str(p) for p in paths)}")
+
+
+def ingest(data: DataOption, config: ConfigOption = None, now: NowOption = None) -> None:
+    """Validate, resolve identities and write the event store (DATA/store)."""
+    from features.event_store import ingest as run_ingest
+
+    cfg = load_data_config(config)
+    report = run_ingest(DataDir(data), cfg, now=now)
+    _print_validation("events", report.events)
+    if report.customers is not None:
+        _print_validation("customers", report.customers)
+    console.print(report.identity_summary_text())

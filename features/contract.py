@@ -1,0 +1,102 @@
+"""The data contract: table names, column names and types, and where a data directory keeps them.
+
+Column names live here and only here; other modules import the constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+# events columns
+EVENT_ID = "event_id"
+TS = "ts"
+CUSTOMER_KEY = "customer_key"
+LINK_KEY = "link_key"
+CHANNEL = "channel"
+EVENT_TYPE = "event_type"
+ACTION_ID = "action_id"
+AMOUNT = "amount"
+CATEGORY = "category"
+PROPENSITY = "propensity"
+
+# added by the pipeline
+CUSTOMER_ID = "customer_id"
+REASON = "reason"
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"
+
+REQUIRED_EVENT_COLUMNS = [EVENT_ID, TS, CUSTOMER_KEY, CHANNEL, EVENT_TYPE]
+OPTIONAL_EVENT_COLUMNS = [LINK_KEY, ACTION_ID, AMOUNT, CATEGORY, PROPENSITY]
+EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field(EVENT_ID, pa.string(), nullable=False),
+        pa.field(TS, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(CUSTOMER_KEY, pa.string(), nullable=False),
+        pa.field(LINK_KEY, pa.string()),
+        pa.field(CHANNEL, pa.string(), nullable=False),
+        pa.field(EVENT_TYPE, pa.string(), nullable=False),
+        pa.field(ACTION_ID, pa.string()),
+        pa.field(AMOUNT, pa.float64()),
+        pa.field(CATEGORY, pa.string()),
+        pa.field(PROPENSITY, pa.float64()),
+    ]
+)
+
+# customers: one row a customer, keyed by an identifier; any other columns are profile
+CUSTOMERS_KEY = CUSTOMER_KEY
+
+# identifiers are `type:value`; the type is a configured identifier type
+KEY_SEPARATOR = ":"
+KEY_PATTERN = r"^[a-z][a-z0-9_]*:\S+$"
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Where a data directory keeps each table and what the pipeline writes beside them."""
+
+    root: Path
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def truth(self) -> Path:
+        return self.root / "truth"
+
+    def table(self, name: str) -> list[Path]:
+        """The files of a table: `name.parquet`, `name.csv`, or every such file in folder `name/`."""
+        files: list[Path] = []
+        for suffix in TABLE_SUFFIXES:
+            single = self.root / f"{name}{suffix}"
+            if single.is_file():
+                files.append(single)
+        folder = self.root / name
+        if folder.is_dir():
+            files.extend(
+                sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES)
+            )
+        return files
+
+    def events(self) -> list[Path]:
+        files = self.table("events")
+        if not files:
+            raise FileNotFoundError(
+                f"{self.root}: no events found; expected events.parquet, events.csv or a folder "
+                "events/ of .parquet or .csv files"
+            )
+        return files
+
+    def customers(self) -> list[Path]:
+        return self.table("customers")

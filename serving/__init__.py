@@ -1,0 +1,1 @@
+"""Decision policy, the BentoML service, batch scoring and the `nba` command line."""

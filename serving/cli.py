@@ -1,0 +1,42 @@
+"""The `nba` command line: every command of every package, registered on one application.
+
+It lives in `serving` because serving is the one package allowed to import the other two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from features import cli as features_cli
+
+app = typer.Typer(
+    name="nba",
+    help="Omnichannel next-best-action: synthetic data, validation, features, training, decisions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command("synth")(features_cli.synth)
+app.command("validate")(features_cli.validate)
+app.command("ingest")(features_cli.ingest)
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("data/demo"),
+    customers: Annotated[int, typer.Option(min=100, help="People in the synthetic world.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic world.")] = 0,
+) -> None:
+    """Run the whole loop on the embedded defaults: synthetic world, validation, event store."""
+    features_cli.console.rule("1. synthetic world")
+    features_cli.synth(out=out, customers=customers, seed=seed)
+    features_cli.console.rule("2. validation, identity resolution, event store")
+    features_cli.ingest(data=out)
+
+
+if __name__ == "__main__":
+    app()

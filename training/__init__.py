@@ -1,0 +1,1 @@
+"""Labels, training sets, models, evaluation and the MLflow registry."""
