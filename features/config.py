@@ -43,8 +43,12 @@ class ChannelConfig(Strict):
 def _default_channels() -> list[ChannelConfig]:
     return [
         ChannelConfig(name="email", outbound=True, response="click", identifier="email"),
-        ChannelConfig(name="sms", outbound=True, response="click", realtime=True, identifier="phone"),
-        ChannelConfig(name="push", outbound=True, response="open", realtime=True, identifier="device"),
+        ChannelConfig(
+            name="sms", outbound=True, response="click", realtime=True, identifier="phone"
+        ),
+        ChannelConfig(
+            name="push", outbound=True, response="open", realtime=True, identifier="device"
+        ),
         ChannelConfig(name="direct_mail", outbound=True, response="visit", identifier="crm"),
         ChannelConfig(name="call_centre", outbound=True, response="call", identifier="phone"),
         ChannelConfig(name="web", identifier="device"),

@@ -1,0 +1,264 @@
+"""Batch engine: point-in-time base aggregates in SQL, for DuckDB (embedded) or Spark (scale-out).
+
+The SQL is generated from `FeatureSet.base`, so both engines run one definition. A feature as of
+time t uses only events with ts < t. Two shapes of query:
+
+* a snapshot: every customer as of one time t (one scan of the events, no join);
+* query points: arbitrary (customer_id, as_of) rows, e.g. one per outbound contact, joined to the
+  customer's earlier events (the cost is the customer's events times their query points).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
+from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
+
+AS_OF_US = "as_of_us"
+QUERY_ID = "query_id"
+AS_OF = "as_of"
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+# level-1 measures: (name, SQL over the event alias `e` and the as-of expression, level-2 reducer)
+_REDUCER = {
+    "decayed_count": "SUM",
+    "decayed_amount": "SUM",
+    "count": "SUM",
+    "amount": "SUM",
+    "window_count": "SUM",
+    "last": "MAX",
+    "first": "MIN",
+}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few places where DuckDB and Spark SQL differ."""
+
+    name: str
+    epoch_us_template: str
+
+    def epoch_us(self, column: str) -> str:
+        return self.epoch_us_template.format(column)
+
+
+DUCKDB = Dialect("duckdb", "epoch_us({})")
+SPARK = Dialect("spark", "unix_micros({})")
+
+
+def _measure(b: BaseAggregate, as_of: str) -> tuple[str, str]:
+    """The level-1 column a base aggregate reduces, and its SQL."""
+    age_us = f"({as_of} - e.ts_us)"
+    if b.op == "decayed_count":
+        return f"m_dc_{b.param:g}", f"SUM(EXP(-{b.decay_rate_per_us!r} * {age_us}))"
+    if b.op == "decayed_amount":
+        return (
+            f"m_da_{b.param:g}",
+            f"SUM(COALESCE(e.amount, 0.0) * EXP(-{b.decay_rate_per_us!r} * {age_us}))",
+        )
+    if b.op == "count":
+        return "m_n", "COUNT(*)"
+    if b.op == "amount":
+        return "m_a", "SUM(COALESCE(e.amount, 0.0))"
+    if b.op == "last":
+        return "m_last", "MAX(e.ts_us)"
+    if b.op == "first":
+        return "m_first", "MIN(e.ts_us)"
+    if b.op == "window_count":
+        # window [as_of - w, as_of): inclusive start, exclusive end like every feature
+        w_us = int(round(float(b.param) * US_PER_DAY))
+        return f"m_w_{b.param:g}", f"SUM(CASE WHEN e.ts_us >= {as_of} - {w_us} THEN 1 ELSE 0 END)"
+    raise ValueError(f"unknown aggregate operation {b.op}")
+
+
+def _dim_expr(dim: str | None) -> str | None:
+    if dim is None:
+        return None
+    if dim == "hour":
+        return "CAST(FLOOR(e.ts_us / 3600000000.0) AS BIGINT) % 24"
+    if dim == "dow":
+        # 1970-01-01 was a Thursday: (days since epoch + 3) mod 7 gives Monday = 0
+        return "(CAST(FLOOR(e.ts_us / 86400000000.0) AS BIGINT) + 3) % 7"
+    if dim == "category":
+        return "e.category"
+    raise ValueError(f"unknown feature dimension {dim}")
+
+
+def _quote(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _in_list(values: Iterable[str | int]) -> str:
+    return "(" + ", ".join(_quote(v) for v in values) + ")"
+
+
+def base_aggregates_sql(
+    fs: FeatureSet,
+    events: str,
+    dialect: Dialect,
+    *,
+    queries: str | None = None,
+    as_of_us: int | None = None,
+) -> str:
+    """SQL returning one row per query (or per customer of a snapshot) with every base aggregate.
+
+    `events` names a relation with the contract's columns plus `customer_id`. Give either
+    `queries`, a relation (query_id, customer_id, as_of_us), or `as_of_us` for a snapshot of every
+    customer with an event before it (keyed by customer_id).
+    """
+    if (queries is None) == (as_of_us is None):
+        raise ValueError("give exactly one of queries and as_of_us")
+    key = QUERY_ID if queries is not None else CUSTOMER_ID
+    as_of = "q.as_of_us" if queries is not None else str(int(as_of_us))
+    source = (
+        f"SELECT {CUSTOMER_ID}, {dialect.epoch_us(TS)} AS ts_us, {CHANNEL} AS channel, "
+        f"{EVENT_TYPE} AS event_type, {AMOUNT} AS amount, {CATEGORY} AS category FROM {events}"
+    )
+    if queries is not None:
+        join = (
+            f"FROM ({source}) e JOIN {queries} q "
+            f"ON e.{CUSTOMER_ID} = q.{CUSTOMER_ID} AND e.ts_us < q.as_of_us"
+        )
+        key_expr = f"q.{QUERY_ID}"
+    else:
+        join = f"FROM ({source}) e"
+        key_expr = f"e.{CUSTOMER_ID}"
+
+    groups: dict[str | None, list[BaseAggregate]] = {}
+    for b in fs.base:
+        groups.setdefault(b.dim, []).append(b)
+
+    ctes: list[str] = []
+    for gi, (dim, aggs) in enumerate(groups.items()):
+        measures: dict[str, str] = {}
+        for b in aggs:
+            name, sql = _measure(b, as_of)
+            measures[name] = sql
+        types = sorted({t for b in aggs for t in b.event_types})
+        dim_sql = _dim_expr(dim)
+        keys = [f"{key_expr} AS k", "e.channel AS channel", "e.event_type AS event_type"]
+        if dim_sql is not None:
+            keys.append(f"{dim_sql} AS dim")
+        where = [f"e.event_type IN {_in_list(types)}"]
+        if queries is None:
+            where.append(f"e.ts_us < {as_of}")
+        group_by = ", ".join(str(i + 1) for i in range(len(keys)))
+        ctes.append(
+            f"l1_{gi} AS (SELECT {', '.join(keys)}, "
+            + ", ".join(f"{sql} AS {name}" for name, sql in measures.items())
+            + f" {join} WHERE {' AND '.join(where)} GROUP BY {group_by})"
+        )
+        cols = []
+        for b in aggs:
+            cond = [f"event_type IN {_in_list(b.event_types)}"]
+            if b.channels is not None:
+                cond.append(f"channel IN {_in_list(b.channels)}")
+            if dim is not None:
+                cond.append(f"dim = {_quote(b.dim_value)}")
+            mname, _ = _measure(b, as_of)
+            cols.append(
+                f"{_REDUCER[b.op]}(CASE WHEN {' AND '.join(cond)} THEN {mname} END) AS {b.name}"
+            )
+        ctes.append(f"l2_{gi} AS (SELECT k, {', '.join(cols)} FROM l1_{gi} GROUP BY k)")
+
+    if queries is not None:
+        keys_cte = f"keys AS (SELECT {QUERY_ID} AS k FROM {queries})"
+    else:
+        keys_cte = (
+            f"keys AS (SELECT DISTINCT {CUSTOMER_ID} AS k FROM {events} "
+            f"WHERE {dialect.epoch_us(TS)} < {as_of})"
+        )
+    ctes.insert(0, keys_cte)
+    select_cols = ", ".join(
+        f"l2_{gi}.{b.name}" for gi, aggs in enumerate(groups.values()) for b in aggs
+    )
+    joins = " ".join(f"LEFT JOIN l2_{gi} ON l2_{gi}.k = keys.k" for gi in range(len(groups)))
+    return f"WITH {', '.join(ctes)} SELECT keys.k AS {key}, {select_cols} FROM keys {joins}"
+
+
+def to_us(ts: pd.Series | pd.Timestamp | np.ndarray) -> np.ndarray | int:
+    """Microseconds since the epoch of UTC timestamps."""
+    if isinstance(ts, pd.Timestamp):
+        t = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return (t - _EPOCH) // pd.Timedelta(microseconds=1)
+    s = pd.to_datetime(pd.Series(ts), utc=True).dt.as_unit("us")
+    return s.astype("int64").to_numpy()
+
+
+class BatchEngine:
+    """Computes feature tables on DuckDB over the event store."""
+
+    def __init__(
+        self,
+        fs: FeatureSet,
+        con: duckdb.DuckDBPyConnection,
+        events: str = "events",
+        customers: str | None = None,
+    ):
+        self.fs = fs
+        self.con = con
+        self.events = events
+        self.customers = customers
+        self._profile: pd.DataFrame | None = None
+
+    def profile(self) -> pd.DataFrame | None:
+        """Profile columns of the customers table by customer_id (read once), if there is one."""
+        if self.customers is None:
+            return None
+        if self._profile is None:
+            table = self.con.sql(f"SELECT * FROM {self.customers}").df()
+            self._profile = profile_columns(table, self.fs.config.profile_columns)
+        return self._profile
+
+    def _with_profile(self, feats: pd.DataFrame, customer_ids: np.ndarray) -> pd.DataFrame:
+        profile = self.profile()
+        if profile is None:
+            return feats
+        joined = profile.reindex(pd.Index(customer_ids, name=CUSTOMER_ID))
+        joined.index = feats.index
+        return pd.concat([feats, joined], axis=1)
+
+    def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Base aggregates of every customer with an event before `as_of`, keyed by customer_id."""
+        sql = base_aggregates_sql(self.fs, self.events, DUCKDB, as_of_us=to_us(as_of))
+        return self.con.sql(sql).df()
+
+    def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""
+        self.con.register("_nba_queries", queries[[QUERY_ID, CUSTOMER_ID, AS_OF_US]])
+        try:
+            sql = base_aggregates_sql(self.fs, self.events, DUCKDB, queries="_nba_queries")
+            return self.con.sql(sql).df()
+        finally:
+            self.con.unregister("_nba_queries")
+
+    def snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Features of every customer active before `as_of`: customer_id, as_of, features."""
+        base = self.base_snapshot(as_of).sort_values(CUSTOMER_ID, ignore_index=True)
+        as_of_us = np.full(len(base), to_us(as_of), dtype=np.int64)
+        feats = self.fs.derive_frame(base, as_of_us)
+        feats.insert(0, AS_OF, pd.Timestamp(to_us(as_of), unit="us", tz="UTC"))
+        feats.insert(0, CUSTOMER_ID, base[CUSTOMER_ID].to_numpy())
+        return self._with_profile(feats, base[CUSTOMER_ID].to_numpy())
+
+    def at(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """Features at each query point; `queries` has customer_id and as_of (UTC timestamps)."""
+        q = pd.DataFrame(
+            {
+                QUERY_ID: np.arange(len(queries), dtype=np.int64),
+                CUSTOMER_ID: queries[CUSTOMER_ID].to_numpy(),
+                AS_OF_US: to_us(queries[AS_OF]),
+            }
+        )
+        base = self.base_at(q).sort_values(QUERY_ID, ignore_index=True)
+        feats = self.fs.derive_frame(base, q[AS_OF_US].to_numpy())
+        feats.index = queries.index
+        return self._with_profile(feats, q[CUSTOMER_ID].to_numpy())

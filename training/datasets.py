@@ -1,0 +1,191 @@
+"""Point-in-time training sets: features strictly before the decision time, labels after it.
+
+* contacts: one row per outbound contact or holdout; features as of the contact's timestamp (as
+  a live decision would have seen them); labels: responded on the contact's channel within
+  (t, t + attribution window], purchased and spend within (t, t + purchase horizon].
+* snapshots: one row per customer per snapshot time t; labels from (t, t + purchase horizon].
+
+Rows whose label window runs past the end of the data are dropped (their labels are censored)
+and counted in the returned report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from features.batch import AS_OF, BatchEngine, to_us
+from features.config import DataConfig
+from features.contract import (
+    ACTION_ID,
+    AMOUNT,
+    CHANNEL,
+    CUSTOMER_ID,
+    EVENT_ID,
+    EVENT_TYPE,
+    PROPENSITY,
+    TS,
+)
+from features.definitions import US_PER_DAY
+from training.config import LabelConfig
+
+TREATED = "treated"
+RESPONDED = "responded"
+PURCHASED = "purchased"
+SPEND = "spend"
+LABELS = [RESPONDED, PURCHASED, SPEND]
+
+
+@dataclass(frozen=True)
+class TrainingSetReport:
+    rows: int
+    dropped_censored: int
+    first_as_of: pd.Timestamp | None
+    last_as_of: pd.Timestamp | None
+    data_end: pd.Timestamp
+
+
+def data_end(con: duckdb.DuckDBPyConnection) -> pd.Timestamp:
+    """The time just after the last event: no label window may reach beyond it."""
+    last = con.sql(f"SELECT max({TS}) FROM events").fetchone()[0]
+    if last is None:
+        raise ValueError("the event store holds no events")
+    return pd.Timestamp(last).tz_convert("UTC") + pd.Timedelta(microseconds=1)
+
+
+def _window_us(days: float) -> int:
+    return int(round(days * US_PER_DAY))
+
+
+def contact_labels(
+    con: duckdb.DuckDBPyConnection, data: DataConfig, labels: LabelConfig
+) -> pd.DataFrame:
+    """Outbound contacts and holdouts with their labels (no features), in event order."""
+    response_case = " ".join(
+        f"WHEN '{c.name}' THEN '{c.response}'" for c in data.channels if c.response
+    )
+    outbound = ", ".join(f"'{t}'" for t in data.event_types.outbound)
+    purchase = ", ".join(f"'{t}'" for t in data.event_types.purchase)
+    treated = data.event_types.outbound[0]
+    a_us, h_us = (
+        _window_us(labels.attribution_window_days),
+        _window_us(labels.purchase_horizon_days),
+    )
+    sql = f"""
+    WITH c AS (
+        SELECT {EVENT_ID}, {CUSTOMER_ID}, {TS}, epoch_us({TS}) AS t_us, {CHANNEL}, {ACTION_ID},
+               {PROPENSITY}, {EVENT_TYPE} = '{treated}' AS {TREATED},
+               CASE {CHANNEL} {response_case} ELSE NULL END AS response_type
+        FROM events WHERE {EVENT_TYPE} IN ({outbound})
+    ),
+    e AS (SELECT {CUSTOMER_ID}, epoch_us({TS}) AS e_us, {CHANNEL}, {EVENT_TYPE}, {AMOUNT}
+          FROM events)
+    SELECT c.{EVENT_ID}, c.{CUSTOMER_ID}, c.{TS}, c.{CHANNEL}, c.{ACTION_ID}, c.{PROPENSITY},
+           c.{TREATED},
+           coalesce(bool_or(e.{EVENT_TYPE} = c.response_type AND e.{CHANNEL} = c.{CHANNEL}
+                            AND e.e_us <= c.t_us + {a_us}), false) AS {RESPONDED},
+           coalesce(bool_or(e.{EVENT_TYPE} IN ({purchase})), false) AS {PURCHASED},
+           coalesce(sum(CASE WHEN e.{EVENT_TYPE} IN ({purchase}) THEN e.{AMOUNT} END), 0.0)
+               AS {SPEND}
+    FROM c LEFT JOIN e
+      ON e.{CUSTOMER_ID} = c.{CUSTOMER_ID} AND e.e_us > c.t_us AND e.e_us <= c.t_us + {h_us}
+    GROUP BY ALL
+    ORDER BY c.{TS}, c.{EVENT_ID}
+    """
+    return con.sql(sql).df()
+
+
+def contact_training_set(
+    con: duckdb.DuckDBPyConnection,
+    engine: BatchEngine,
+    data: DataConfig,
+    labels: LabelConfig,
+    since: pd.Timestamp | None = None,
+) -> tuple[pd.DataFrame, TrainingSetReport]:
+    """One row per outbound contact or holdout: ids, treatment, propensity, labels, features."""
+    if labels.attribution_window_days > labels.purchase_horizon_days:
+        raise ValueError("training.labels: attribution window must not exceed purchase horizon")
+    end = data_end(con)
+    rows = contact_labels(con, data, labels)
+    rows[TS] = pd.to_datetime(rows[TS], utc=True)
+    horizon = pd.Timedelta(days=labels.purchase_horizon_days)
+    wanted = rows[TS] >= since if since is not None else pd.Series(True, index=rows.index)
+    complete = rows[TS] + horizon < end
+    dropped = int((wanted & ~complete).sum())
+    rows = rows[wanted & complete].reset_index(drop=True)
+    feats = engine.at(rows.rename(columns={TS: AS_OF})[[CUSTOMER_ID, AS_OF]])
+    out = pd.concat([rows, feats], axis=1)
+    report = TrainingSetReport(
+        rows=len(out),
+        dropped_censored=dropped,
+        first_as_of=rows[TS].min() if len(rows) else None,
+        last_as_of=rows[TS].max() if len(rows) else None,
+        data_end=end,
+    )
+    return out, report
+
+
+def snapshot_times(con: duckdb.DuckDBPyConnection, labels: LabelConfig) -> list[pd.Timestamp]:
+    """Midnight snapshots every `snapshot_every_days`, the last one whose horizon fits the data."""
+    end = data_end(con)
+    last = (end - pd.Timedelta(days=labels.purchase_horizon_days)).floor("D")
+    start = pd.Timestamp(con.sql(f"SELECT min({TS}) FROM events").fetchone()[0]).tz_convert("UTC")
+    times = []
+    t = last
+    while t > start and len(times) < labels.max_snapshots:
+        times.append(t)
+        t -= pd.Timedelta(days=labels.snapshot_every_days)
+    return sorted(times)
+
+
+def snapshot_labels(
+    con: duckdb.DuckDBPyConnection, data: DataConfig, as_of: pd.Timestamp, horizon_days: float
+) -> pd.DataFrame:
+    """Per customer: purchased and spend within (as_of, as_of + horizon]."""
+    purchase = ", ".join(f"'{t}'" for t in data.event_types.purchase)
+    t_us = to_us(as_of)
+    h_us = _window_us(horizon_days)
+    return con.sql(
+        f"""SELECT {CUSTOMER_ID}, true AS {PURCHASED}, sum(coalesce({AMOUNT}, 0.0)) AS {SPEND}
+            FROM events WHERE {EVENT_TYPE} IN ({purchase})
+              AND epoch_us({TS}) > {t_us} AND epoch_us({TS}) <= {t_us + h_us}
+            GROUP BY {CUSTOMER_ID}"""
+    ).df()
+
+
+def snapshot_training_set(
+    con: duckdb.DuckDBPyConnection,
+    engine: BatchEngine,
+    data: DataConfig,
+    labels: LabelConfig,
+    times: list[pd.Timestamp] | None = None,
+) -> tuple[pd.DataFrame, TrainingSetReport]:
+    """One row per customer per snapshot: customer_id, as_of, purchased, spend, features."""
+    end = data_end(con)
+    times = times if times is not None else snapshot_times(con, labels)
+    horizon = pd.Timedelta(days=labels.purchase_horizon_days)
+    kept = [t for t in times if t + horizon < end]
+    frames = []
+    for t in kept:
+        feats = engine.snapshot(t)
+        lab = snapshot_labels(con, data, t, labels.purchase_horizon_days)
+        f = feats.merge(lab, on=CUSTOMER_ID, how="left")
+        f[PURCHASED] = f[PURCHASED].fillna(False).astype(bool)
+        f[SPEND] = f[SPEND].fillna(0.0)
+        frames.append(f)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    report = TrainingSetReport(
+        rows=len(out),
+        dropped_censored=len(times) - len(kept),
+        first_as_of=min(kept) if kept else None,
+        last_as_of=max(kept) if kept else None,
+        data_end=end,
+    )
+    return out, report
+
+
+def label_rate(frame: pd.DataFrame, column: str) -> float:
+    return float(np.mean(frame[column])) if len(frame) else float("nan")
