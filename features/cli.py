@@ -110,3 +110,70 @@ def ingest(data: DataOption, config: ConfigOption = None, now: NowOption = None)
     if report.customers is not None:
         _print_validation("customers", report.customers)
     console.print(report.identity_summary_text())
+
+
+def _open_current_store(data: Path, config: Path | None):
+    """A DuckDB connection on the event store, ingesting first if it is missing or stale."""
+    from features.event_store import ingest as run_ingest
+    from features.event_store import open_store, store_is_current
+
+    data_dir = DataDir(data)
+    if not store_is_current(data_dir):
+        console.print("[yellow]event store missing or stale: ingesting first[/yellow]")
+        run_ingest(data_dir, load_data_config(config))
+    return open_store(data_dir)
+
+
+def features(
+    data: DataOption,
+    as_of: Annotated[
+        list[datetime] | None,
+        typer.Option(
+            "--as-of",
+            help="Snapshot time (UTC), repeatable; default: just after the last event.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file of the feature table; default DATA/features.parquet."),
+    ] = None,
+    materialize: Annotated[
+        bool,
+        typer.Option(
+            "--materialize",
+            help="Also load the latest snapshot into the online store (DATA/store/online.sqlite).",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Compute point-in-time customer features (events strictly before each as-of time)."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from features.batch import BatchEngine
+    from features.config import load_section
+    from features.definitions import FeatureConfig, FeatureSet
+
+    fs = FeatureSet(load_data_config(config), load_section(config, "features", FeatureConfig))
+    con = _open_current_store(data, config)
+    engine = BatchEngine(fs, con, customers="customers")
+    times = [
+        pd.Timestamp(t, tz="UTC") if t.tzinfo is None else pd.Timestamp(t) for t in as_of or []
+    ]
+    if not times:
+        last = con.execute("SELECT epoch_us(max(ts)) FROM events").fetchall()[0][0]
+        times = [pd.Timestamp(last, unit="us", tz="UTC") + pd.Timedelta(microseconds=1)]
+    frames = [engine.snapshot(t) for t in tqdm(times, desc="feature snapshots", unit="snapshot")]
+    table = pd.concat(frames, ignore_index=True)
+    target = out or data / "features.parquet"
+    table.to_parquet(target, index=False)
+    console.print(
+        f"[green]wrote[/green] {target}: {len(table):,} rows x {len(fs.names)} features "
+        f"at {len(times)} as-of time(s)"
+    )
+    if materialize:
+        from features.online_store import OnlineStore
+
+        store = OnlineStore(DataDir(data).store / "online.sqlite", fs)
+        n = store.materialize(con, as_of=max(times))
+        console.print(f"[green]materialised[/green] {n:,} customers into {store.path}")

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from features import cli as features_cli
+from training import cli as training_cli
 
 app = typer.Typer(
     name="nba",
@@ -23,6 +24,8 @@ app = typer.Typer(
 app.command("synth")(features_cli.synth)
 app.command("validate")(features_cli.validate)
 app.command("ingest")(features_cli.ingest)
+app.command("features")(features_cli.features)
+app.command("training-set")(training_cli.training_set)
 
 
 @app.command("demo")

@@ -11,11 +11,16 @@ and counted in the returned report.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from features.batch import AS_OF, BatchEngine, to_us
 from features.config import DataConfig
@@ -50,10 +55,18 @@ class TrainingSetReport:
 
 def data_end(con: duckdb.DuckDBPyConnection) -> pd.Timestamp:
     """The time just after the last event: no label window may reach beyond it."""
-    last = con.sql(f"SELECT max({TS}) FROM events").fetchone()[0]
+    first, last = event_time_range(con)
+    return last + pd.Timedelta(microseconds=1)
+
+
+def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First and last event time of the store (UTC)."""
+    first, last = con.execute(
+        f"SELECT epoch_us(min({TS})), epoch_us(max({TS})) FROM events"
+    ).fetchall()[0]
     if last is None:
         raise ValueError("the event store holds no events")
-    return pd.Timestamp(last).tz_convert("UTC") + pd.Timedelta(microseconds=1)
+    return pd.Timestamp(first, unit="us", tz="UTC"), pd.Timestamp(last, unit="us", tz="UTC")
 
 
 def _window_us(days: float) -> int:
@@ -132,7 +145,7 @@ def snapshot_times(con: duckdb.DuckDBPyConnection, labels: LabelConfig) -> list[
     """Midnight snapshots every `snapshot_every_days`, the last one whose horizon fits the data."""
     end = data_end(con)
     last = (end - pd.Timedelta(days=labels.purchase_horizon_days)).floor("D")
-    start = pd.Timestamp(con.sql(f"SELECT min({TS}) FROM events").fetchone()[0]).tz_convert("UTC")
+    start, _ = event_time_range(con)
     times = []
     t = last
     while t > start and len(times) < labels.max_snapshots:
@@ -156,35 +169,70 @@ def snapshot_labels(
     ).df()
 
 
+def iter_snapshot_training_set(
+    con: duckdb.DuckDBPyConnection,
+    engine: BatchEngine,
+    data: DataConfig,
+    labels: LabelConfig,
+    times: list[pd.Timestamp],
+) -> Iterator[pd.DataFrame]:
+    """Per snapshot time whose horizon fits the data: customer_id, as_of, labels, features."""
+    end = data_end(con)
+    horizon = pd.Timedelta(days=labels.purchase_horizon_days)
+    for t in times:
+        if t + horizon >= end:
+            continue
+        feats = engine.snapshot(t)
+        lab = snapshot_labels(con, data, t, labels.purchase_horizon_days)
+        f = feats.merge(lab, on=CUSTOMER_ID, how="left")
+        f[PURCHASED] = f[PURCHASED].fillna(False).astype(bool)
+        f[SPEND] = f[SPEND].fillna(0.0)
+        yield f
+
+
 def snapshot_training_set(
     con: duckdb.DuckDBPyConnection,
     engine: BatchEngine,
     data: DataConfig,
     labels: LabelConfig,
     times: list[pd.Timestamp] | None = None,
-) -> tuple[pd.DataFrame, TrainingSetReport]:
-    """One row per customer per snapshot: customer_id, as_of, purchased, spend, features."""
+    out: Path | None = None,
+    progress: bool = False,
+) -> tuple[pd.DataFrame | None, TrainingSetReport]:
+    """One row per customer per snapshot: customer_id, as_of, purchased, spend, features.
+
+    With `out`, each snapshot is appended to that parquet file as it is computed and nothing is
+    returned, so a year of monthly snapshots for millions of customers fits in memory.
+    """
     end = data_end(con)
     times = times if times is not None else snapshot_times(con, labels)
     horizon = pd.Timedelta(days=labels.purchase_horizon_days)
     kept = [t for t in times if t + horizon < end]
-    frames = []
-    for t in kept:
-        feats = engine.snapshot(t)
-        lab = snapshot_labels(con, data, t, labels.purchase_horizon_days)
-        f = feats.merge(lab, on=CUSTOMER_ID, how="left")
-        f[PURCHASED] = f[PURCHASED].fillna(False).astype(bool)
-        f[SPEND] = f[SPEND].fillna(0.0)
-        frames.append(f)
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frames: list[pd.DataFrame] = []
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    parts = iter_snapshot_training_set(con, engine, data, labels, kept)
+    for frame in tqdm(parts, total=len(kept), desc="snapshots", disable=not progress):
+        rows += len(frame)
+        if out is None:
+            frames.append(frame)
+            continue
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if writer is None:
+            writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+        writer.write_table(table.cast(writer.schema))
+    if writer is not None:
+        writer.close()
     report = TrainingSetReport(
-        rows=len(out),
+        rows=rows,
         dropped_censored=len(times) - len(kept),
         first_as_of=min(kept) if kept else None,
         last_as_of=max(kept) if kept else None,
         data_end=end,
     )
-    return out, report
+    if out is not None:
+        return None, report
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), report
 
 
 def label_rate(frame: pd.DataFrame, column: str) -> float:
