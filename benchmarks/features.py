@@ -1,0 +1,107 @@
+"""Batch feature engine speed against a plain DuckDB GROUP BY baseline over the same parquet.
+
+    python benchmarks/features.py --data DIR            # an existing world (ingested if needed)
+    python benchmarks/features.py --customers 1000000   # generates one first (benchmarks/synth)
+
+Prints: events, baseline seconds, feature-build seconds and events/second, the ratio
+feature-build / baseline (goal <= 3), peak memory (goal < 8 GB), and the time and memory of a
+training set of 12 monthly snapshots written to parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from benchmarks.peak_memory import PeakMemory
+from features.batch import BatchEngine
+from features.config import DataConfig
+from features.contract import DataDir
+from features.definitions import FeatureConfig, FeatureSet
+from features.event_store import ingest, open_store, store_is_current
+from training.config import LabelConfig
+from training.datasets import data_end, snapshot_times, snapshot_training_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, help="data directory of a world")
+    parser.add_argument(
+        "--customers", type=int, default=100_000, help="world size if --data is absent"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshots", type=int, default=12, help="snapshots in the training set")
+    parser.add_argument("--repeats", type=int, default=2, help="best of N for the timed queries")
+    args = parser.parse_args()
+
+    data = args.data
+    if data is None:
+        from features.synth import generate_world
+
+        data = Path(tempfile.mkdtemp(prefix="nba-bench-")) / "world"
+        print(f"generating {args.customers:,} customers into {data}")
+        generate_world(data, customers=args.customers, seed=args.seed, progress=True)
+    data_dir = DataDir(data)
+    if not store_is_current(data_dir):
+        t0 = time.perf_counter()
+        ingest(data_dir, DataConfig())
+        print(f"ingest: {time.perf_counter() - t0:.1f} s")
+
+    con = open_store(data_dir)
+    events_path = data_dir.store / "events.parquet"
+    n_events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+    n_customers = con.execute("SELECT count(DISTINCT customer_id) FROM events").fetchall()[0][0]
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    print(f"events: {n_events:,}  customers: {n_customers:,}  duckdb threads: {threads}")
+
+    baseline = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        duckdb.sql(
+            f"SELECT customer_id, channel, count(*) AS n, sum(amount) AS spend "
+            f"FROM read_parquet('{events_path}') GROUP BY ALL"
+        ).fetchall()
+        baseline.append(time.perf_counter() - t0)
+    base_s = min(baseline)
+    print(f"baseline GROUP BY customer, channel count+sum: {base_s:.2f} s")
+
+    fs = FeatureSet(DataConfig(), FeatureConfig())
+    engine = BatchEngine(fs, con, customers="customers")
+    as_of = data_end(con)
+    build = []
+    with PeakMemory() as mem:
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            table = engine.snapshot(as_of)
+            build.append(time.perf_counter() - t0)
+    feat_s = min(build)
+    print(
+        f"features: {len(table):,} customers x {len(fs.names)} features in {feat_s:.2f} s "
+        f"({n_events / feat_s / 1e6:.2f} M events/s), peak memory {mem.peak_gb:.2f} GB"
+    )
+    print(f"ratio features / baseline: {feat_s / base_s:.2f} (goal <= 3)")
+    del table
+
+    labels = LabelConfig(max_snapshots=args.snapshots)
+    times = snapshot_times(con, labels)
+    out = Path(tempfile.mkdtemp(prefix="nba-bench-")) / "snapshots.parquet"
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        _, report = snapshot_training_set(
+            con, engine, DataConfig(), labels, times, out=out, progress=True
+        )
+        snap_s = time.perf_counter() - t0
+    print(
+        f"training set: {len(times)} snapshots, {report.rows:,} rows in {snap_s:.1f} s, "
+        f"peak memory {mem.peak_gb:.2f} GB, {out.stat().st_size / 1e9:.2f} GB parquet"
+    )
+
+
+if __name__ == "__main__":
+    main()
