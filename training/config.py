@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from features.config import Strict, load_section
+from training.models import LGBMParams
 
 
 class LabelConfig(Strict):
@@ -26,8 +29,40 @@ class LabelConfig(Strict):
     max_snapshots: int = Field(default=12, ge=1, description="Most recent snapshots kept.")
 
 
+class SplitConfig(Strict):
+    """Time split: train on the earliest rows, calibrate on the next slice, test on the latest."""
+
+    calibration_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+
+
+class ModelConfig(Strict):
+    """What the bundle trains and how it is judged."""
+
+    params: LGBMParams = Field(default_factory=LGBMParams)
+    response_mode: Literal["auto", "pooled", "per_channel"] = Field(
+        default="auto",
+        description=(
+            "One response model across channels (channel is a feature), one per channel, or "
+            "`auto`: train both and keep the one with the lower log loss on the calibration slice."
+        ),
+    )
+    max_contact_rows: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Most recent contacts kept for the response and uplift models.",
+    )
+    gate_margin: float = Field(
+        default=0.002,
+        ge=0,
+        description="A new bundle replaces the champion only if its gate score is this much higher.",
+    )
+
+
 class TrainingConfig(Strict):
     labels: LabelConfig = Field(default_factory=LabelConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    models: ModelConfig = Field(default_factory=ModelConfig)
 
 
 def load_training_config(path) -> TrainingConfig:

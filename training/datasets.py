@@ -117,8 +117,12 @@ def contact_training_set(
     data: DataConfig,
     labels: LabelConfig,
     since: pd.Timestamp | None = None,
+    max_rows: int | None = None,
 ) -> tuple[pd.DataFrame, TrainingSetReport]:
-    """One row per outbound contact or holdout: ids, treatment, propensity, labels, features."""
+    """One row per outbound contact or holdout: ids, treatment, propensity, labels, features.
+
+    `max_rows` keeps the most recent complete contacts (the features are the costly part).
+    """
     if labels.attribution_window_days > labels.purchase_horizon_days:
         raise ValueError("training.labels: attribution window must not exceed purchase horizon")
     end = data_end(con)
@@ -129,6 +133,8 @@ def contact_training_set(
     complete = rows[TS] + horizon < end
     dropped = int((wanted & ~complete).sum())
     rows = rows[wanted & complete].reset_index(drop=True)
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows.iloc[len(rows) - max_rows :].reset_index(drop=True)
     feats = engine.at(rows.rename(columns={TS: AS_OF})[[CUSTOMER_ID, AS_OF]])
     out = pd.concat([rows, feats], axis=1)
     report = TrainingSetReport(

@@ -1,0 +1,214 @@
+"""The bundle's LightGBM models: calibrated classifiers, a value regressor, an S-learner for uplift.
+
+Every model fixes its input columns and categorical levels at fit time (`FrameEncoder`), so a
+frame built at serving time is read exactly as the training frame was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+
+from features.config import Strict
+
+TREATED_FEATURE = "treated"
+
+
+class LGBMParams(Strict):
+    """LightGBM settings shared by the bundle's models (documented defaults for 2-core machines)."""
+
+    n_estimators: int = Field(default=600, ge=1, description="Upper bound; early stopping trims.")
+    learning_rate: float = Field(default=0.05, gt=0)
+    num_leaves: int = Field(default=31, ge=2)
+    min_child_samples: int = Field(default=200, ge=1, description="Large: rare, noisy labels.")
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.8, gt=0, le=1)
+    reg_lambda: float = Field(default=5.0, ge=0)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    n_jobs: int = Field(default=2, ge=1)
+    seed: int = 0
+
+    def sklearn_kwargs(self) -> dict:
+        return {
+            "n_estimators": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "subsample": self.subsample,
+            "subsample_freq": 1,
+            "colsample_bytree": self.colsample_bytree,
+            "reg_lambda": self.reg_lambda,
+            "n_jobs": self.n_jobs,
+            "random_state": self.seed,
+            "verbose": -1,
+        }
+
+
+@dataclass
+class FrameEncoder:
+    """Column order and categorical levels of the training frame, applied to any later frame."""
+
+    columns_: list[str] = field(default_factory=list)
+    categories_: dict[str, list] = field(default_factory=dict)
+
+    def fit(self, frame: pd.DataFrame) -> FrameEncoder:
+        self.columns_ = list(frame.columns)
+        self.categories_ = {}
+        for col in self.columns_:
+            s = frame[col]
+            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+                levels = s.astype("category").cat.categories
+                self.categories_[col] = sorted(str(v) for v in levels)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.columns_ if c not in frame.columns]
+        if missing:
+            raise ValueError(f"input lacks the model's columns {missing[:10]}")
+        out = frame[self.columns_].copy()
+        for col in self.columns_:
+            if col in self.categories_:
+                values = out[col].astype("string").astype(object)
+                out[col] = pd.Categorical(values, categories=self.categories_[col])
+            else:
+                out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+        return out
+
+
+class CalibratedClassifier:
+    """LightGBM classifier whose probabilities are calibrated on a later time slice.
+
+    The calibration slice also serves for early stopping; calibration is monotone, so the
+    ranking is LightGBM's and only the probability scale is learned there.
+    """
+
+    def __init__(self, params: LGBMParams, method: str = "isotonic") -> None:
+        self.params = params
+        self.method = method
+
+    def fit(
+        self, X: pd.DataFrame, y: np.ndarray, X_cal: pd.DataFrame, y_cal: np.ndarray
+    ) -> CalibratedClassifier:
+        self.encoder_ = FrameEncoder().fit(X)
+        Xe, Xc = self.encoder_.transform(X), self.encoder_.transform(X_cal)
+        y, y_cal = np.asarray(y, dtype=int), np.asarray(y_cal, dtype=int)
+        for name, labels in (("training", y), ("calibration", y_cal)):
+            if labels.min() == labels.max():
+                raise ValueError(f"the {name} slice has a single class: nothing to learn from")
+        self.model_ = lgb.LGBMClassifier(**self.params.sklearn_kwargs())
+        self.model_.fit(
+            Xe,
+            y,
+            eval_set=[(Xc, y_cal)],
+            callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
+        )
+        self.calibrator_ = CalibratedClassifierCV(FrozenEstimator(self.model_), method=self.method)
+        self.calibrator_.fit(Xc, y_cal)
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.encoder_.columns_
+
+    def predict_uncalibrated(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict_proba(self.encoder_.transform(X))[:, 1]
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability of the positive class."""
+        return self.calibrator_.predict_proba(self.encoder_.transform(X))[:, 1]
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per-feature contributions to the raw score (log-odds), plus `bias` (LightGBM SHAP)."""
+        raw = self.model_.predict(self.encoder_.transform(X), pred_contrib=True)
+        return pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=X.index)
+
+    def feature_importance(self) -> pd.Series:
+        gain = self.model_.booster_.feature_importance(importance_type="gain")
+        return pd.Series(gain, index=self.feature_names).sort_values(ascending=False)
+
+
+class ValueRegressor:
+    """Expected purchase value given a purchase (LightGBM regression on purchasers' spend)."""
+
+    def __init__(self, params: LGBMParams) -> None:
+        self.params = params
+
+    def fit(
+        self, X: pd.DataFrame, y: np.ndarray, X_val: pd.DataFrame, y_val: np.ndarray
+    ) -> ValueRegressor:
+        self.encoder_ = FrameEncoder().fit(X)
+        self.model_ = lgb.LGBMRegressor(**self.params.sklearn_kwargs())
+        self.model_.fit(
+            self.encoder_.transform(X),
+            np.asarray(y, dtype=float),
+            eval_set=[(self.encoder_.transform(X_val), np.asarray(y_val, dtype=float))],
+            callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
+        )
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.encoder_.columns_
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return np.clip(self.model_.predict(self.encoder_.transform(X)), 0.0, None)
+
+    def feature_importance(self) -> pd.Series:
+        gain = self.model_.booster_.feature_importance(importance_type="gain")
+        return pd.Series(gain, index=self.feature_names).sort_values(ascending=False)
+
+
+class UpliftSLearner:
+    """P(outcome | x, treated) with the treatment as a feature; uplift = P(x, 1) - P(x, 0).
+
+    One model across channels (the channel is a feature), calibrated with a sigmoid so the
+    difference of two calibrated probabilities keeps its sign and size. Chosen over a T-learner
+    because it shares strength between treated and control rows, which matters when the
+    control groups are small (holdouts) and effects are a fraction of a point.
+    """
+
+    def __init__(self, params: LGBMParams) -> None:
+        self.params = params
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        treated: np.ndarray,
+        y: np.ndarray,
+        X_cal: pd.DataFrame,
+        t_cal: np.ndarray,
+        y_cal: np.ndarray,
+    ) -> UpliftSLearner:
+        self.model_ = CalibratedClassifier(self.params, method="sigmoid").fit(
+            self._with_treatment(X, treated), y, self._with_treatment(X_cal, t_cal), y_cal
+        )
+        return self
+
+    @staticmethod
+    def _with_treatment(X: pd.DataFrame, treated: np.ndarray | bool) -> pd.DataFrame:
+        out = X.copy()
+        out[TREATED_FEATURE] = np.broadcast_to(np.asarray(treated, dtype=float), len(X))
+        return out
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c for c in self.model_.feature_names if c != TREATED_FEATURE]
+
+    def predict_outcomes(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(P(outcome | treated), P(outcome | not treated)) per row."""
+        p1 = self.model_.predict_proba(self._with_treatment(X, True))
+        p0 = self.model_.predict_proba(self._with_treatment(X, False))
+        return p1, p0
+
+    def predict_uplift(self, X: pd.DataFrame) -> np.ndarray:
+        p1, p0 = self.predict_outcomes(X)
+        return p1 - p0
+
+    def feature_importance(self) -> pd.Series:
+        return self.model_.feature_importance()

@@ -1,0 +1,68 @@
+"""The oracle: true probabilities from a synthetic world's truth tables, aligned with test rows.
+
+Only synthetic worlds have a `truth/` folder; everywhere else the oracle is simply absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from features.contract import CUSTOMER_ID, EVENT_ID, DataDir
+
+
+@dataclass
+class Truth:
+    contacts: pd.DataFrame  # indexed by event_id
+    customers: pd.DataFrame  # indexed by person_id
+    person_of_customer: pd.Series  # customer_id -> person_id
+
+
+def load_truth(data_dir: DataDir, con: duckdb.DuckDBPyConnection) -> Truth | None:
+    """The world's truth, or None when the data directory has none (real data)."""
+    root = data_dir.truth
+    if not (root / "contacts").exists() or not (root / "identity").exists():
+        return None
+    contacts = con.sql(
+        f"SELECT event_id, p_response, p_purchase_treated, p_purchase_control "
+        f"FROM read_parquet('{root / 'contacts'}/*.parquet')"
+    ).df()
+    customers = con.sql(f"SELECT * FROM read_parquet('{root / 'customers'}/*.parquet')").df()
+    # each resolved customer is the person most of its identifiers belong to
+    person = con.sql(
+        f"""SELECT i.customer_id, mode(t.person_id) AS person_id
+            FROM identity i JOIN read_parquet('{root / "identity"}/*.parquet') t
+              ON t.identifier = i.identifier
+            GROUP BY i.customer_id"""
+    ).df()
+    return Truth(
+        contacts=contacts.set_index(EVENT_ID),
+        customers=customers.set_index("person_id"),
+        person_of_customer=person.set_index(CUSTOMER_ID)["person_id"],
+    )
+
+
+def contact_oracle(truth: Truth, event_ids: pd.Series) -> pd.DataFrame:
+    """True p_response, p_purchase_treated, p_purchase_control and uplift per contact row."""
+    out = truth.contacts.reindex(event_ids.to_numpy())
+    out["uplift"] = out["p_purchase_treated"] - out["p_purchase_control"]
+    out.index = event_ids.index
+    return out
+
+
+def purchase_oracle(
+    truth: Truth, customer_ids: pd.Series, as_of: pd.Timestamp, horizon_days: float
+) -> np.ndarray:
+    """True probability of at least one purchase in (as_of, as_of + horizon] without contact."""
+    from features.synth import true_purchase_probability
+
+    people = truth.customers
+    p = pd.Series(
+        np.asarray(true_purchase_probability(people.reset_index(), as_of, horizon_days)),
+        index=people.index,
+    )
+    persons = truth.person_of_customer.reindex(customer_ids.to_numpy())
+    return p.reindex(persons.to_numpy()).to_numpy(dtype=float)
