@@ -26,6 +26,8 @@ app.command("validate")(features_cli.validate)
 app.command("ingest")(features_cli.ingest)
 app.command("features")(features_cli.features)
 app.command("training-set")(training_cli.training_set)
+app.command("train")(training_cli.train)
+app.command("evaluate")(training_cli.evaluate)
 
 
 @app.command("demo")

@@ -53,3 +53,89 @@ def training_set(
         f"{report.last_as_of}; {report.dropped_censored:,} dropped (label window past the data end "
         f"{report.data_end})"
     )
+
+
+def _print_reports(reports) -> None:
+    from rich.table import Table
+
+    for family, report in reports.items():
+        table = Table(title=f"{family}: test window")
+        scorers = list(report.metrics)
+        keys = list(dict.fromkeys(k for s in scorers for k in report.metrics[s]))
+        table.add_column("metric")
+        for s in scorers:
+            table.add_column(s, justify="right")
+        for k in keys:
+            table.add_row(k, *(f"{report.metrics[s].get(k, float('nan')):.4f}" for s in scorers))
+        console.print(table)
+
+
+def _load_all(data: Path, config: Path | None):
+    from features.config import load_data_config, load_section
+    from features.definitions import FeatureConfig
+    from training.config import load_training_config
+
+    return (
+        load_data_config(config),
+        load_section(config, "features", FeatureConfig),
+        load_training_config(config),
+    )
+
+
+def train(data: DataOption, config: ConfigOption = None) -> None:
+    """Train, evaluate and register the model bundle; promote it if it passes the gate."""
+    from features.contract import DataDir
+    from training.train import train as run_train
+
+    data_cfg, feature_cfg, cfg = _load_all(data, config)
+    con = _open_current_store(data, config)
+    with console.status("training") as status:
+        result = run_train(
+            DataDir(data), data_cfg, feature_cfg, cfg, con, say=lambda m: status.update(m)
+        )
+    _print_reports(result.reports)
+    for family, reason in result.bundle.skipped.items():
+        console.print(f"[yellow]skipped {family}[/yellow]: {reason}")
+    for family, run_id in result.run_ids.items():
+        console.print(f"MLflow run {family}: {run_id}")
+    gate = result.gate
+    console.print(
+        f"registered nba-bundle version {result.version}: "
+        f"{'[green]champion[/green]' if gate.promoted else '[yellow]challenger[/yellow]'} "
+        f"({gate.reason})"
+    )
+
+
+def evaluate(
+    data: DataOption,
+    alias: Annotated[
+        str, typer.Option(help="Registry alias of the bundle to evaluate.")
+    ] = "champion",
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate a registered bundle on the data's test window against heuristics and oracle."""
+    import mlflow
+
+    from features.batch import BatchEngine
+    from features.contract import DataDir
+    from features.definitions import FeatureSet
+    from training import registry
+    from training.oracle import load_truth
+    from training.train import build_training_data, evaluate_bundle
+
+    data_cfg, feature_cfg, cfg = _load_all(data, config)
+    registry.configure_tracking(data)
+    if registry.alias_version(alias) is None:
+        console.print(f"[red]no bundle has the alias '{alias}'[/red]: run `nba train` first")
+        raise typer.Exit(code=1)
+    bundle = mlflow.pyfunc.load_model(registry.model_uri(alias)).unwrap_python_model().bundle
+    con = _open_current_store(data, config)
+    engine = BatchEngine(FeatureSet(data_cfg, feature_cfg), con, customers="customers")
+    with console.status("building the evaluation sets"):
+        td = build_training_data(con, engine, data_cfg, cfg, say=lambda m: None)
+    truth = load_truth(DataDir(data), con)
+    reports = evaluate_bundle(bundle, td, truth, cfg.labels.purchase_horizon_days, False)
+    console.print(
+        f"bundle {registry.BUNDLE_MODEL_NAME}@{alias} (version {registry.alias_version(alias)})"
+    )
+    _print_reports(reports)

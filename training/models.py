@@ -105,7 +105,8 @@ class CalibratedClassifier:
         self.model_.fit(
             Xe,
             y,
-            eval_set=[(Xc, y_cal)],
+            eval_X=(Xc,),
+            eval_y=(y_cal,),
             callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
         )
         self.calibrator_ = CalibratedClassifierCV(FrozenEstimator(self.model_), method=self.method)
@@ -147,7 +148,8 @@ class ValueRegressor:
         self.model_.fit(
             self.encoder_.transform(X),
             np.asarray(y, dtype=float),
-            eval_set=[(self.encoder_.transform(X_val), np.asarray(y_val, dtype=float))],
+            eval_X=(self.encoder_.transform(X_val),),
+            eval_y=(np.asarray(y_val, dtype=float),),
             callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
         )
         return self
