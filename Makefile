@@ -22,10 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --nbmake tests notebooks
 
 test-all: install
-	$(BIN)/pytest -m "slow or not slow"
+	$(BIN)/pytest --nbmake -m "slow or not slow" tests notebooks
 
 lint: install
 	$(BIN)/ruff check .
