@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -45,17 +47,25 @@ df = pd.read_csv(DATA).sample(frac=SAMPLE, random_state=0).reset_index(drop=True
 df.groupby("segment")[["visit", "conversion", "spend"]].mean()
 
 # %% [markdown]
-# Features are Hillstrom's own columns. Split: a random half held out for evaluation (the
-# experiment has no time axis); of the other half, 70% trains and 30% calibrates.
+# Features are Hillstrom's own columns. Each repetition holds out a random half for evaluation
+# (the experiment has no time axis); of the other half, 70% trains and 30% calibrates. Qini
+# estimates on ~300 conversions are noisy, so the verdict is on the mean over `REPEATS` splits.
+#
+# The learner is heavily regularised (trees of 3 leaves, at least 1,000 customers a leaf):
+# effects are a fraction of a point, and a flexible model mostly fits noise — which is why the
+# naive T-learner fails here.
 
 # %%
 FEATURES = ["recency", "history", "mens", "womens", "zip_code", "newbie", "channel"]
-rng = np.random.default_rng(0)
-half = rng.random(len(df)) < 0.5
-train_all, test = df[~half].reset_index(drop=True), df[half].reset_index(drop=True)
-cal_mask = rng.random(len(train_all)) < 0.3
-train, cal = train_all[~cal_mask], train_all[cal_mask]
-params = LGBMParams(num_leaves=8, learning_rate=0.03, min_child_samples=200, n_estimators=400)
+REPEATS = int(os.environ.get("NBA_NOTEBOOK_REPEATS", "3"))
+params = LGBMParams(
+    num_leaves=3, learning_rate=0.05, min_child_samples=1000, n_estimators=300, colsample_bytree=1.0
+)
+TREATMENTS = {
+    "any e-mail": ["Mens E-Mail", "Womens E-Mail"],
+    "mens": ["Mens E-Mail"],
+    "womens": ["Womens E-Mail"],
+}
 
 
 def naive_t_learner(tr: pd.DataFrame, t: np.ndarray, y: str, X_test: pd.DataFrame) -> np.ndarray:
@@ -67,41 +77,48 @@ def naive_t_learner(tr: pd.DataFrame, t: np.ndarray, y: str, X_test: pd.DataFram
     return m1.predict_proba(Xt)[:, 1] - m0.predict_proba(Xt)[:, 1]
 
 
-def evaluate(treatment: str, outcome: str) -> dict:
-    """Qini of each ranking for one treatment definition and one outcome."""
-    sets = {"any e-mail": ["Mens E-Mail", "Womens E-Mail"], "mens": ["Mens E-Mail"],
-            "womens": ["Womens E-Mail"]}[treatment]
-    keep = lambda d: d[d.segment.isin([*sets, "No E-Mail"])].reset_index(drop=True)  # noqa: E731
-    tr, ca, te = keep(train), keep(cal), keep(test)
-    t_tr, t_ca, t_te = (d.segment.isin(sets).to_numpy() for d in (tr, ca, te))
+def rankings(d: pd.DataFrame, treated: np.ndarray, outcome: str, seed: int):
+    """Fit the three rankings on one random split; return test scores, test rows, treatment."""
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(d)) < 0.5
+    cal = ~test & (rng.random(len(d)) < 0.3)
+    tr = ~test & ~cal
+    y = d[outcome].to_numpy()
     uplift = UpliftSLearner(params).fit(
-        tr[FEATURES], t_tr, tr[outcome].to_numpy(), ca[FEATURES], t_ca, ca[outcome].to_numpy()
+        d.loc[tr, FEATURES], treated[tr], y[tr], d.loc[cal, FEATURES], treated[cal], y[cal]
     )
     response = CalibratedClassifier(params).fit(
-        tr.loc[t_tr, FEATURES], tr.loc[t_tr, outcome].to_numpy(),
-        ca.loc[t_ca, FEATURES], ca.loc[t_ca, outcome].to_numpy(),
+        d.loc[tr & treated, FEATURES], y[tr & treated],
+        d.loc[cal & treated, FEATURES], y[cal & treated],
     )
+    te = d[test].reset_index(drop=True)
     scores = {
         "uplift (S-learner)": uplift.predict_uplift(te[FEATURES]),
-        "naive T-learner": naive_t_learner(tr, t_tr, outcome, te),
+        "naive T-learner": naive_t_learner(d[tr].reset_index(drop=True), treated[tr], outcome, te),
         "response model": response.predict_proba(te[FEATURES]),
     }
-    y = te[outcome].to_numpy()
-    row = {"treatment": treatment, "outcome": outcome}
-    for name, s in scores.items():
-        row[f"qini: {name}"] = qini_coefficient(y, t_te, s)
-        row[f"uplift@30%: {name}"] = uplift_at(y, t_te, s, 0.3)
-    return row, scores, te, t_te
+    return scores, te, treated[test]
 
 
-results, kept = [], {}
-for treatment in ["any e-mail", "mens", "womens"]:
+rows, kept = [], {}
+for name, arms in TREATMENTS.items():
+    d = df[df.segment.isin([*arms, "No E-Mail"])].reset_index(drop=True)
+    treated = d.segment.isin(arms).to_numpy()
     for outcome in ["visit", "conversion"]:
-        row, scores, te, t_te = evaluate(treatment, outcome)
-        results.append(row)
-        kept[(treatment, outcome)] = (scores, te, t_te)
-table = pd.DataFrame(results).set_index(["treatment", "outcome"])
-table[[c for c in table.columns if c.startswith("qini")]].round(5)
+        for seed in range(REPEATS):
+            scores, te, t_te = rankings(d, treated, outcome, seed)
+            if seed == 0:
+                kept[(name, outcome)] = (scores, te, t_te)
+            y = te[outcome].to_numpy()
+            for model, s in scores.items():
+                rows.append(
+                    {"treatment": name, "outcome": outcome, "model": model, "seed": seed,
+                     "qini": qini_coefficient(y, t_te, s), "uplift@30%": uplift_at(y, t_te, s, 0.3)}
+                )
+runs = pd.DataFrame(rows)
+qini = runs.pivot_table(index=["treatment", "outcome"], columns="model", values="qini",
+                        aggfunc="mean")
+(qini * 1e4).round(2)  # Qini coefficient x 10^4, mean over the splits
 
 # %% [markdown]
 # ## Value of targeting
@@ -157,6 +174,8 @@ summary.round(4)
 # customers who would visit or buy anyway ("sure things") first, which wastes e-mails.
 
 # %%
-qini = table[[c for c in table.columns if c.startswith("qini")]]
-qini["uplift beats response"] = qini["qini: uplift (S-learner)"] > qini["qini: response model"]
-qini
+verdict = qini.assign(
+    uplift_beats_response=qini["uplift (S-learner)"] > qini["response model"],
+    uplift_beats_naive_t=qini["uplift (S-learner)"] > qini["naive T-learner"],
+)
+verdict
