@@ -66,6 +66,7 @@ class TrainResult:
     run_ids: dict[str, str]
     version: str | None
     gate: registry.GateDecision | None
+    data: TrainingData
 
 
 def customer_feature_columns(fs: FeatureSet, frame: pd.DataFrame) -> list[str]:
@@ -353,7 +354,7 @@ def train(
     registry.set_alias(version[0], registry.CHALLENGER)
     if gate.promoted:
         registry.set_alias(version[0], registry.CHAMPION)
-    return TrainResult(bundle, reports, run_ids, version[0], gate)
+    return TrainResult(bundle, reports, run_ids, version[0], gate, td)
 
 
 def _has_customers(con: duckdb.DuckDBPyConnection) -> bool:

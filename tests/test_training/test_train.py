@@ -1,0 +1,153 @@
+"""The training run on a small synthetic world: splits, calibration, registry, gate, uplift."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.config import DataConfig
+from features.contract import DataDir
+from features.definitions import FeatureConfig
+from features.event_store import ingest, open_store
+from features.synth import generate_world
+from training import registry
+from training.config import TrainingConfig
+from training.metrics import expected_calibration_error
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> DataDir:
+    root = tmp_path_factory.mktemp("train") / "world"
+    generate_world(root, customers=4000, days=365, seed=11, progress=False)
+    data_dir = DataDir(root)
+    ingest(data_dir, DataConfig())
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    con = open_store(world)
+    result = train(world, DataConfig(), FeatureConfig(), TrainingConfig(), con, say=lambda m: None)
+    return result, con
+
+
+def test_splits_are_by_time(trained):
+    result, _ = trained
+    for name in ("contacts", "snapshots"):
+        described = result.bundle.trained_on[name]
+        assert described["train_to"] < described["calibration_from"]
+        assert described["calibration_to"] < described["test_from"]
+
+
+def test_first_bundle_becomes_champion_and_loads_back_with_the_same_numbers(trained, world):
+    result, _ = trained
+    assert result.gate.promoted
+    assert registry.alias_version(registry.CHAMPION) == result.version
+    loaded = mlflow.pyfunc.load_model(registry.model_uri(registry.CHAMPION))
+    example = _example_frame(result)
+    np.testing.assert_allclose(
+        loaded.predict(example).to_numpy(dtype=float),
+        result.bundle.predict(example).to_numpy(dtype=float),
+        rtol=1e-12,
+    )
+
+
+def _example_frame(result) -> pd.DataFrame:
+    reports = result.reports
+    assert "response" in reports and "purchase" in reports and "uplift" in reports
+    cols = result.bundle.customer_features
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.random((20, len(cols))), columns=cols)
+    for c in cols:
+        if c.startswith("profile_"):
+            frame[c] = None
+    frame["channel"] = rng.choice(["email", "sms", "push", "direct_mail", "call_centre"], 20)
+    frame["action_id"] = None
+    return frame
+
+
+def test_calibration_improves_or_holds_ece(trained):
+    result, _ = trained
+    test = result.data.snapshots.test
+    y = test["purchased"].to_numpy()
+    raw = result.bundle.purchase.predict_uncalibrated(test)
+    calibrated = result.bundle.purchase.predict_proba(test)
+    assert expected_calibration_error(y, calibrated) <= expected_calibration_error(y, raw) + 0.002
+    assert result.reports["purchase"].metrics["model"]["ece"] <= 0.02
+
+
+def test_models_beat_their_heuristics(trained):
+    result, _ = trained
+    for family in ("response", "purchase"):
+        m = result.reports[family].metrics
+        assert m["model"]["auc"] > m["heuristic"]["auc"], family
+
+
+def test_gate_refuses_a_worse_bundle_and_keeps_the_champion(trained, world):
+    result, con = trained
+    champion_before = registry.alias_version(registry.CHAMPION)
+    weak = TrainingConfig.model_validate(
+        {"models": {"params": {"n_estimators": 1, "num_leaves": 2}, "gate_margin": 0.0}}
+    )
+    worse = train(world, DataConfig(), FeatureConfig(), weak, con, say=lambda m: None)
+    assert not worse.gate.promoted
+    assert "kept as challenger" in worse.gate.reason
+    assert registry.alias_version(registry.CHAMPION) == champion_before
+    assert registry.alias_version(registry.CHALLENGER) == worse.version
+    run = mlflow.get_run(worse.run_ids["bundle"])
+    assert run.data.tags["gate_promoted"] == "False"
+
+
+def test_gate_accepts_a_better_bundle():
+    decision = registry.promotion_gate(0.80, 0.75, margin=0.01)
+    assert decision.promoted
+    assert not registry.promotion_gate(0.755, 0.75, margin=0.01).promoted
+
+
+def test_uplift_ranks_persuadables_above_sleeping_dogs(trained, world):
+    result, con = trained
+    truth = pd.read_parquet(world.truth / "customers")
+    from features.batch import BatchEngine
+    from features.definitions import FeatureSet
+    from training.datasets import data_end
+    from training.oracle import load_truth
+
+    engine = BatchEngine(FeatureSet(DataConfig(), FeatureConfig()), con, customers="customers")
+    snap = engine.snapshot(data_end(con))
+    persons = load_truth(world, con).person_of_customer.reindex(snap["customer_id"]).to_numpy()
+    types = truth.set_index("person_id")["uplift_type"].reindex(persons).to_numpy()
+    frame = snap.assign(channel="email", action_id="email_discount")
+    uplift = result.bundle.uplift.predict_uplift(frame)
+    mean_p = uplift[types == "persuadable"].mean()
+    mean_d = uplift[types == "sleeping_dog"].mean()
+    assert mean_p > mean_d
+
+
+def test_training_on_data_without_contacts_trains_what_it_can(tmp_path, world):
+    events = pd.read_parquet(world.store / "events.parquet")
+    only = events[events["event_type"].isin(["purchase", "visit", "view"])]
+    root = tmp_path / "purchases_only"
+    root.mkdir()
+    only.drop(columns=["customer_id"]).to_parquet(root / "events.parquet", index=False)
+    data_dir = DataDir(root)
+    ingest(data_dir, DataConfig())
+    result = train(
+        data_dir,
+        DataConfig(),
+        FeatureConfig(),
+        TrainingConfig(),
+        open_store(data_dir),
+        say=lambda m: None,
+    )
+    assert result.bundle.response is None and result.bundle.uplift is None
+    assert "response" in result.bundle.skipped and "uplift" in result.bundle.skipped
+    assert result.bundle.purchase is not None
+
+
+def test_expected_calibration_error_detects_miscalibration():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 0.2, 20000)
+    y = rng.random(20000) < p
+    assert expected_calibration_error(y, p) < 0.01
+    assert expected_calibration_error(y, p * 2) > 0.03
