@@ -1,0 +1,348 @@
+"""The ingest step: validate, quarantine, resolve identities, write the event store.
+
+DIR/store/ holds, all written by DuckDB COPY (zstd parquet):
+
+* events.parquet: accepted events in the contract's columns and types plus customer_id,
+  sorted by customer_id, ts, event_id;
+* identity.parquet: identifier, identifier_type, customer_id (sorted by identifier);
+* customers.parquet: customer_id first, then the customers table's columns; one row a
+  customer_id (the first row by file and row when several keys resolve to one person); empty
+  (customer_id, customer_key) when the data directory has no customers table;
+* shared_identifiers.parquet: the identifiers the shared-identifier guard cut;
+* manifest.json: counts, the reports, and a fingerprint of the input files and configuration,
+  so later commands can tell whether the store is stale (`store_is_current`).
+
+Memory stays bounded by DuckDB (it spills joins and sorts to DIR/store/.tmp); only the
+distinct (customer_key, link_key) pairs go through pandas and scipy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from features.config import DataConfig
+from features.contract import (
+    CUSTOMER_ID,
+    CUSTOMER_KEY,
+    EVENT_ID,
+    EVENT_SCHEMA,
+    KEY_SEPARATOR,
+    LINK_KEY,
+    TS,
+    DataDir,
+)
+from features.identity import (
+    IDENTIFIER,
+    IDENTIFIER_TYPE,
+    IdentitySummary,
+    customer_id_sql,
+    resolve_identities,
+)
+from features.validation import (
+    CUSTOMER_KEY_CHECKED,
+    FILE_ORDER,
+    REASON,
+    REASONS,
+    ROW,
+    ValidationReport,
+    copy_to_parquet,
+    validate_customers,
+    validate_events,
+    write_quarantine,
+)
+
+STORE_VERSION = 1
+SOURCE_CUSTOMER_ID = "source_customer_id"
+EVENTS_FILE = "events.parquet"
+IDENTITY_FILE = "identity.parquet"
+CUSTOMERS_FILE = "customers.parquet"
+SHARED_FILE = "shared_identifiers.parquet"
+MANIFEST_FILE = "manifest.json"
+STORE_FILES = [EVENTS_FILE, IDENTITY_FILE, CUSTOMERS_FILE, SHARED_FILE]
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingest did: validation reports, identity summary, customers merged."""
+
+    events: ValidationReport
+    customers: ValidationReport | None
+    identity: IdentitySummary
+    customers_merged: int  # accepted customer rows dropped because an earlier row had their id
+    customers_without_events: int
+    store_events: int
+    store: Path
+    seconds: float
+
+    def identity_summary_text(self) -> str:
+        s = self.identity
+        text = (
+            f"identity: {s.identifiers:,} identifiers, {s.links:,} links -> "
+            f"{s.customers:,} customers (largest {s.largest_component:,} identifiers); "
+            f"{s.cut_identifiers:,} shared identifiers cut ({s.links_cut:,} links)"
+        )
+        if self.customers is not None:
+            text += (
+                f"; customers table: {self.customers_merged:,} rows merged, "
+                f"{self.customers_without_events:,} without events"
+            )
+        return text + f"\nwrote {self.store} in {self.seconds:.1f} s"
+
+    def to_dict(self) -> dict:
+        return {
+            "events": self.events.to_dict(),
+            "customers": None if self.customers is None else self.customers.to_dict(),
+            "identity": self.identity.to_dict(),
+            "customers_merged": self.customers_merged,
+            "customers_without_events": self.customers_without_events,
+            "store_events": self.store_events,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _data_dir(data_dir: DataDir | Path | str) -> DataDir:
+    return data_dir if isinstance(data_dir, DataDir) else DataDir(Path(data_dir))
+
+
+def input_fingerprint(data_dir: DataDir | Path | str) -> list[dict]:
+    """Name (relative to the data directory), size and mtime of every input file."""
+    dd = _data_dir(data_dir)
+    out = []
+    for path in [*dd.events(), *dd.customers()]:
+        st = path.stat()
+        out.append(
+            {
+                "path": path.relative_to(dd.root).as_posix(),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+            }
+        )
+    return out
+
+
+def config_fingerprint(config: DataConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        if self.enabled:
+            print(f"ingest: {step} ({now - self.last:.1f} s)", file=sys.stderr, flush=True)
+        self.last = now
+
+
+def _default_memory_limit() -> str | None:
+    """Half the physical memory: DuckDB spills beyond it, and the identity step's arrays
+    (outside DuckDB's buffer manager) have room beside it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return f"{max(total // 2 // 2**20, 1024)}MB"
+
+
+def ingest(
+    data_dir: DataDir | Path | str,
+    config: DataConfig,
+    now: datetime | None = None,
+    progress: bool = True,
+    memory_limit: str | None = None,
+) -> IngestReport:
+    """Validate the data directory's events (and customers), quarantine rejected rows, resolve
+    identities and write DIR/store. The manifest is removed first and written last, so a
+    failed ingest never leaves a store that looks current. `memory_limit` caps DuckDB
+    (default: half the physical memory); it spills to DIR/store/.tmp beyond it."""
+    dd = _data_dir(data_dir)
+    t0 = time.perf_counter()
+    step = _Progress(progress)
+    store = dd.store
+    store.mkdir(parents=True, exist_ok=True)
+    (store / MANIFEST_FILE).unlink(missing_ok=True)
+    fingerprint = input_fingerprint(dd)  # before reading: a file changed meanwhile is stale
+    staging, spill = store / ".staging", store / ".tmp"
+    for d in (staging, spill):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET temp_directory = {_lit(str(spill))}")
+        limit = memory_limit or _default_memory_limit()
+        if limit:
+            con.execute(f"SET memory_limit = {_lit(limit)}")
+        events = validate_events(dd.events(), config, con, now=now)
+        customer_files = dd.customers()
+        customers = validate_customers(customer_files, config, con) if customer_files else None
+        write_quarantine(dd, con, events, customers)
+        step(
+            f"validated {events.report.received:,} events: {events.report.accepted:,} "
+            f"accepted, {events.report.rejected:,} rejected"
+        )
+
+        pairs = con.sql(
+            f"SELECT DISTINCT {CUSTOMER_KEY}, {LINK_KEY} FROM {events.accepted}"
+        ).arrow()
+        pairs = pairs.read_all() if isinstance(pairs, pa.RecordBatchReader) else pairs
+        identity = resolve_identities(pairs, config)
+        del pairs
+        con.register("_nba_identity", identity.table)
+        step(
+            f"resolved {identity.summary.identifiers:,} identifiers into "
+            f"{identity.summary.customers:,} customers"
+        )
+
+        cols = ", ".join(f"e.{c}" for c in EVENT_SCHEMA.names)
+        copy_to_parquet(
+            con,
+            f"SELECT {cols}, m.{CUSTOMER_ID} FROM {events.accepted} e "
+            f"JOIN _nba_identity m ON e.{CUSTOMER_KEY} = m.{IDENTIFIER} "
+            f"ORDER BY m.{CUSTOMER_ID}, e.{TS}, e.{EVENT_ID}",
+            staging / EVENTS_FILE,
+        )
+        written = con.execute(
+            f"SELECT count(*) FROM read_parquet({_lit(str(staging / EVENTS_FILE))})"
+        ).fetchall()[0][0]
+        if written != events.report.accepted:
+            raise AssertionError(f"store holds {written} events, {events.report.accepted} accepted")
+        step(f"wrote {written:,} events")
+
+        copy_to_parquet(
+            con,
+            f"SELECT {IDENTIFIER}, split_part({IDENTIFIER}, {_lit(KEY_SEPARATOR)}, 1) AS "
+            f"{IDENTIFIER_TYPE}, "
+            f"{CUSTOMER_ID} FROM _nba_identity ORDER BY {IDENTIFIER}",
+            staging / IDENTITY_FILE,
+        )
+        con.register("_nba_shared", identity.cut)
+        copy_to_parquet(con, "SELECT * FROM _nba_shared", staging / SHARED_FILE)
+        merged, without_events = _write_customers(con, customers, staging / CUSTOMERS_FILE)
+        step("wrote identity, shared identifiers and customers")
+    finally:
+        con.close()
+
+    seconds = time.perf_counter() - t0
+    report = IngestReport(
+        events=events.report,
+        customers=None if customers is None else customers.report,
+        identity=identity.summary,
+        customers_merged=merged,
+        customers_without_events=without_events,
+        store_events=int(written),
+        store=store,
+        seconds=seconds,
+    )
+    for name in STORE_FILES:
+        os.replace(staging / name, store / name)
+    manifest = {
+        "version": STORE_VERSION,
+        "created_at": datetime.now(UTC).isoformat(),
+        "now": None if now is None else now.isoformat(),
+        "inputs": fingerprint,
+        "config": config_fingerprint(config),
+        "report": report.to_dict(),
+        "files": STORE_FILES,
+    }
+    tmp = store / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, store / MANIFEST_FILE)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(spill, ignore_errors=True)
+    return report
+
+
+def _write_customers(con: duckdb.DuckDBPyConnection, customers, target: Path) -> tuple[int, int]:
+    """Write customers with their customer_id (one row a customer_id, the first by file and
+    row); a key no event mentions gets the id of its own one-identifier component. Returns
+    (rows merged, customers without events)."""
+    if customers is None:
+        copy_to_parquet(
+            con,
+            f"SELECT NULL::VARCHAR AS {CUSTOMER_ID}, NULL::VARCHAR AS {CUSTOMER_KEY} LIMIT 0",
+            target,
+        )
+        return 0, 0
+    own = [r[0] for r in con.execute(f"DESCRIBE {customers.accepted}").fetchall()]
+    # a customers table may carry its own customer_id: keep it, renamed
+    rename = f" RENAME ({CUSTOMER_ID} AS {SOURCE_CUSTOMER_ID})" if CUSTOMER_ID in own else ""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _nba_customers_resolved AS
+        SELECT coalesce(m.{CUSTOMER_ID}, {customer_id_sql(f"CAST(c.{CUSTOMER_KEY} AS VARCHAR)")})
+                   AS {CUSTOMER_ID},
+               m.{CUSTOMER_ID} IS NULL AS _nba_no_events,
+               c.* EXCLUDE ({REASON}, {REASONS}, {CUSTOMER_KEY_CHECKED}){rename}
+        FROM {customers.checked} c
+        LEFT JOIN _nba_identity m ON CAST(c.{CUSTOMER_KEY} AS VARCHAR) = m.{IDENTIFIER}
+        WHERE c.{REASON} IS NULL
+        """
+    )
+    copy_to_parquet(
+        con,
+        f"SELECT * EXCLUDE (_nba_no_events, {FILE_ORDER}, {ROW}) FROM _nba_customers_resolved "
+        f"QUALIFY row_number() OVER (PARTITION BY {CUSTOMER_ID} ORDER BY {FILE_ORDER}, {ROW}) = 1 "
+        f"ORDER BY {CUSTOMER_ID}",
+        target,
+    )
+    rows, ids, no_events = con.execute(
+        f"SELECT count(*), count(DISTINCT {CUSTOMER_ID}), count(*) FILTER (_nba_no_events) "
+        "FROM _nba_customers_resolved"
+    ).fetchall()[0]
+    return int(rows - ids), int(no_events)
+
+
+def store_is_current(data_dir: DataDir | Path | str, config: DataConfig | None = None) -> bool:
+    """True when DIR/store was written by this store version from exactly the current input
+    files (names, sizes, mtimes) and, when `config` is given, the same data configuration."""
+    dd = _data_dir(data_dir)
+    try:
+        manifest = json.loads((dd.store / MANIFEST_FILE).read_text())
+        inputs = input_fingerprint(dd)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    if manifest.get("version") != STORE_VERSION or manifest.get("inputs") != inputs:
+        return False
+    if config is not None and manifest.get("config") != config_fingerprint(config):
+        return False
+    return all((dd.store / name).is_file() for name in STORE_FILES)
+
+
+def open_store(data_dir: DataDir | Path | str) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (session TimeZone UTC) with views `events`, `customers`,
+    `identity` and `shared_identifiers` over DIR/store."""
+    dd = _data_dir(data_dir)
+    missing = [name for name in STORE_FILES if not (dd.store / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{dd.store}: no event store ({', '.join(missing)} missing); run `nba ingest` first"
+        )
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for view, name in [
+        ("events", EVENTS_FILE),
+        ("customers", CUSTOMERS_FILE),
+        ("identity", IDENTITY_FILE),
+        ("shared_identifiers", SHARED_FILE),
+    ]:
+        path = _lit(str((dd.store / name).resolve()))
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({path})")
+    return con
