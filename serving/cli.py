@@ -38,11 +38,16 @@ def demo(
     ] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic world.")] = 0,
 ) -> None:
-    """Run the whole loop on the embedded defaults: synthetic world, validation, event store."""
-    features_cli.console.rule("1. synthetic world")
+    """Run the whole loop on the embedded defaults: world, store, features, models."""
+    console = features_cli.console
+    console.rule("1. synthetic world with ground truth")
     features_cli.synth(out=out, customers=customers, seed=seed)
-    features_cli.console.rule("2. validation, identity resolution, event store")
+    console.rule("2. validation, identity resolution, event store")
     features_cli.ingest(data=out)
+    console.rule("3. point-in-time features and the online store")
+    features_cli.features(data=out, materialize=True)
+    console.rule("4. training, evaluation against heuristics and the oracle, MLflow registry")
+    training_cli.train(data=out)
 
 
 if __name__ == "__main__":
