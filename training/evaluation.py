@@ -199,10 +199,11 @@ def evaluate_purchase(
                 truth, test.loc[rows, CUSTOMER_ID], pd.Timestamp(as_of), horizon_days
             )
         scorers["oracle"] = oracle
-    metrics = {}
-    for k, v in scorers.items():
-        ok = ~np.isnan(v)
-        metrics[k] = classification_metrics(y[ok], v[ok])
+        # every scorer on the same rows: the known customers the oracle can speak for
+        known = ~np.isnan(oracle)
+        y = y[known]
+        scorers = {k: v[known] for k, v in scorers.items()}
+    metrics = {k: classification_metrics(y, v) for k, v in scorers.items()}
     _add_oracle_ratio(metrics)
     figures = {}
     if with_figures:

@@ -56,7 +56,10 @@ def contact_oracle(truth: Truth, event_ids: pd.Series) -> pd.DataFrame:
 def purchase_oracle(
     truth: Truth, customer_ids: pd.Series, as_of: pd.Timestamp, horizon_days: float
 ) -> np.ndarray:
-    """True probability of at least one purchase in (as_of, as_of + horizon] without contact."""
+    """True probability of at least one purchase in (as_of, as_of + horizon] without contact.
+
+    NaN for customers that are not a known person (see `load_truth`).
+    """
     from features.synth import true_purchase_probability
 
     people = truth.customers

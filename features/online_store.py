@@ -1,0 +1,1025 @@
+"""Embedded online feature store: per-customer streaming state in SQLite, surviving restarts.
+
+One SQLite file in WAL mode holds, per customer, the base aggregates of `FeatureSet.base` valued
+as of the customer's last applied event (a float64 BLOB) and the short window buffer of the
+sliding-window counts, plus what makes applying events safe to repeat: the ids of applied events
+(idempotency), the identity map (identifier -> customer_id, so `customer_key`s find their
+customer), the profile columns of the customers table, and a fingerprint of the feature
+definitions the state was computed with.
+
+Durability: a batch of events is applied in ONE transaction and acknowledged (the returned
+`ApplyReport`) only after its commit. With `journal_mode=WAL` and `synchronous=NORMAL` a committed
+transaction survives a crash of the process (the WAL is written before the commit returns; the
+operating system keeps it even if the process is killed), and a crash mid-batch leaves nothing of
+that batch. An operating-system crash or power loss can lose the last commits before a
+checkpoint; open with `synchronous="FULL"` (an fsync per commit) when that matters.
+
+Idempotency after `materialize(as_of)`: the materialised events are not listed one by one; the
+store keeps `as_of` as a watermark and rejects every event with ts < watermark as `duplicate`
+(it is either in the materialised state or, if it arrived late, belongs to the batch path). After
+a materialisation, replay the stream from `as_of` on: events with ts >= as_of are applied once.
+
+Identity online: a known `customer_key` (else `link_key`) finds its customer; an unknown
+identifier becomes a new customer whose id follows `features.identity`'s rule ("c_" + 16 hex
+digits of md5 of the component's smallest identifier), and a `link_key` of a known customer adds
+the new identifier to that customer. Links between two already known, different customers are
+counted (`ApplyReport.unmerged_links`) but not merged: merging, the shared-identifier guard and
+ids that change when a smaller identifier joins are the batch resolution's job, and a
+re-materialisation takes them over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features.batch import AS_OF, DUCKDB, base_aggregates_sql, to_us
+from features.contract import (
+    AMOUNT,
+    CATEGORY,
+    CHANNEL,
+    CUSTOMER_ID,
+    CUSTOMER_KEY,
+    EVENT_COLUMNS,
+    EVENT_ID,
+    EVENT_TYPE,
+    KEY_PATTERN,
+    KEY_SEPARATOR,
+    LINK_KEY,
+    REASON,
+    REQUIRED_EVENT_COLUMNS,
+    TS,
+)
+from features.definitions import FeatureSet, profile_columns
+from features.streaming import CustomerState, OutOfOrderEvent, StreamingUpdater
+
+# rejection reasons: the validation step's names where the check is the same, in its order
+MISSING_EVENT_ID = "missing_event_id"
+EMPTY_CUSTOMER_KEY = "empty_customer_key"
+MALFORMED_CUSTOMER_KEY = "malformed_customer_key"
+MALFORMED_LINK_KEY = "malformed_link_key"
+UNKNOWN_CHANNEL = "unknown_channel"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+MISSING_TIMESTAMP = "missing_timestamp"
+UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
+FUTURE_TIMESTAMP = "future_timestamp"
+NON_NUMERIC_AMOUNT = "non_numeric_amount"
+DUPLICATE = "duplicate"
+OUT_OF_ORDER = "out_of_order"
+APPLY_REASONS = [
+    MISSING_EVENT_ID,
+    EMPTY_CUSTOMER_KEY,
+    MALFORMED_CUSTOMER_KEY,
+    MALFORMED_LINK_KEY,
+    UNKNOWN_CHANNEL,
+    UNKNOWN_EVENT_TYPE,
+    MISSING_TIMESTAMP,
+    UNPARSEABLE_TIMESTAMP,
+    FUTURE_TIMESTAMP,
+    NON_NUMERIC_AMOUNT,
+    DUPLICATE,
+    OUT_OF_ORDER,
+]
+
+SCHEMA_VERSION = 1
+_CHUNK = 50_000  # rows per materialisation chunk: ~80 MB of float64 base aggregates
+_IN_CHUNK = 10_000  # ids per `IN (json_each(?))` lookup
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    customer_id TEXT PRIMARY KEY,
+    last_us INTEGER NOT NULL,
+    base BLOB NOT NULL,
+    win BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY, ts_us INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS identity (identifier TEXT PRIMARY KEY, customer_id TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identity_by_customer ON identity (customer_id);
+CREATE TABLE IF NOT EXISTS profile (customer_id TEXT PRIMARY KEY, data TEXT NOT NULL)
+    WITHOUT ROWID;
+"""
+
+# sqlite3 keeps the prepared statement of each SQL text (cached_statements): a read is one
+# bind and one step of an already compiled statement
+_READ_ONE = (
+    "SELECT s.last_us, s.base, s.win, p.data FROM (SELECT ? AS cid) k "
+    "LEFT JOIN state s ON s.customer_id = k.cid LEFT JOIN profile p ON p.customer_id = k.cid"
+)
+_READ_MANY = (
+    "SELECT k.value, s.last_us, s.base, s.win, p.data FROM json_each(?) k "
+    "LEFT JOIN state s ON s.customer_id = k.value LEFT JOIN profile p ON p.customer_id = k.value"
+)
+_UPSERT_STATE = (
+    "INSERT INTO state (customer_id, last_us, base, win) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (customer_id) DO UPDATE SET last_us = excluded.last_us, base = excluded.base, "
+    "win = excluded.win"
+)
+
+
+class DefinitionMismatch(RuntimeError):
+    """The store's state was computed with other feature definitions and cannot be reused."""
+
+
+def customer_id_of(identifier: str) -> str:
+    """customer_id of a component whose smallest identifier is `identifier`: the Python twin of
+    `features.identity.customer_id_sql`, so online and batch resolution name customers alike."""
+    return "c_" + hashlib.md5(identifier.encode("utf-8")).hexdigest()[:16]
+
+
+def definitions_fingerprint(fs: FeatureSet) -> tuple[str, str]:
+    """(sha256, JSON) of the base aggregates: the state's layout and meaning. Derived features
+    are computed at read time, so changing them needs no re-materialisation."""
+    spec = json.dumps([asdict(b) for b in fs.base], sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest(), spec
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """What one `apply_events` call did; returned only after the batch is committed.
+
+    `rejected` holds the rejected input rows (original index) with a `reason` column, built on
+    first access; applied + n_rejected == received.
+    """
+
+    received: int
+    applied: int
+    applied_ids: tuple[str, ...] = ()
+    new_customers: int = 0
+    new_identifiers: int = 0
+    unmerged_links: int = 0  # links between two known customers, left to batch resolution
+    by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_rows: tuple[tuple[int, str], ...] = ()  # (position in the input, reason)
+    _source: pd.DataFrame | Sequence[Mapping[str, Any]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.applied + len(self.rejected_rows) != self.received:
+            raise AssertionError(
+                f"online store lost events: applied {self.applied} + rejected "
+                f"{len(self.rejected_rows)} != received {self.received}"
+            )
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejected_rows)
+
+    @cached_property
+    def rejected(self) -> pd.DataFrame:
+        """The rejected input rows with their `reason`, in input order."""
+        pos = [p for p, _ in self.rejected_rows]
+        reasons = [r for _, r in self.rejected_rows]
+        src = self._source
+        if isinstance(src, pd.DataFrame):
+            out = src.iloc[pos].copy()
+        else:
+            rows = [] if src is None else [src[p] for p in pos]
+            out = pd.DataFrame.from_records(rows, columns=None if rows else list(EVENT_COLUMNS))
+        out[REASON] = np.array(reasons, dtype=object)  # positional: the index may repeat
+        return out
+
+
+@dataclass
+class _Batch:
+    """The columns of one batch as Python lists (no pandas in the per-event loop)."""
+
+    n: int
+    event_id: list[str | None]
+    ts_us: list[int]
+    ts_missing: list[bool]
+    ts_bad: list[bool]
+    customer_key: list[str | None]
+    link_key: list[str | None]
+    channel: list[str | None]
+    event_type: list[str | None]
+    amount: list[float]
+    amount_bad: list[bool]
+    category: list[str | None]
+
+
+def _blank(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    if isinstance(v, float):
+        return math.isnan(v)
+    return isinstance(v, str) and not v.strip()
+
+
+def _text(values: Iterable[Any]) -> list[str | None]:
+    """Values as text; missing and blank values as None."""
+    return [
+        (v if v and not v.isspace() else None)
+        if type(v) is str
+        else (None if _blank(v) else str(v))
+        for v in values
+    ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_NAT = np.iinfo(np.int64).min
+
+
+def _frame_batch(events: pd.DataFrame) -> _Batch:
+    """A DataFrame of events as lists; timestamps to µs since the epoch (naive taken as UTC)."""
+    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise ValueError(f"events: missing required columns {missing}")
+    n = len(events)
+
+    def text(name: str) -> list[str | None]:
+        if name not in events.columns:
+            return [None] * n
+        arr = events[name].array
+        # arrow-backed strings (pandas' default) convert without a pandas round trip
+        values = arr.__arrow_array__().to_pylist() if hasattr(arr, "__arrow_array__") else arr
+        return _text(values)
+
+    ts = events[TS]
+    if ts.dtype.kind == "M":  # datetime64, naive or tz-aware: no parsing
+        us = ts.to_numpy(dtype="datetime64[us]").view(np.int64)
+        ts_missing = (us == _NAT).tolist()
+        ts_bad = [False] * n
+    else:
+        na = ts.isna().to_numpy()
+        parsed = pd.to_datetime(ts, utc=True, errors="coerce", format="mixed")
+        us = parsed.to_numpy(dtype="datetime64[us]").view(np.int64)
+        ts_missing = na.tolist()
+        ts_bad = ((us == _NAT) & ~na).tolist()
+    if AMOUNT in events.columns:
+        raw = events[AMOUNT]
+        if raw.dtype.kind == "f":
+            amount = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+            amount_bad = np.isinf(amount).tolist()
+        else:
+            amount = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+            amount_bad = (~np.isfinite(amount) & raw.notna().to_numpy()).tolist()
+        amount_list = amount.tolist()
+    else:
+        amount_list, amount_bad = [math.nan] * n, [False] * n
+    return _Batch(
+        n=n,
+        event_id=text(EVENT_ID),
+        ts_us=us.tolist(),
+        ts_missing=ts_missing,
+        ts_bad=ts_bad,
+        customer_key=text(CUSTOMER_KEY),
+        link_key=text(LINK_KEY),
+        channel=text(CHANNEL),
+        event_type=text(EVENT_TYPE),
+        amount=amount_list,
+        amount_bad=amount_bad,
+        category=text(CATEGORY),
+    )
+
+
+def _record_ts(v: Any) -> int | None:
+    """µs since the epoch of one timestamp value (datetime, pandas/numpy time, ISO text);
+    None when it cannot be read as a time. Naive times are taken as UTC."""
+    if isinstance(v, pd.Timestamp):
+        t = v.tz_localize("UTC") if v.tzinfo is None else v
+        return (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    if isinstance(v, datetime):
+        t = v.replace(tzinfo=UTC) if v.tzinfo is None else v
+        return (t - _EPOCH) // _US
+    if isinstance(v, np.datetime64):
+        return None if np.isnat(v) else int(v.astype("datetime64[us]").astype(np.int64))
+    if isinstance(v, str):
+        try:
+            return _record_ts(datetime.fromisoformat(v.strip()))
+        except ValueError:
+            try:
+                return _record_ts(pd.Timestamp(v))
+            except (ValueError, TypeError):
+                return None
+    return None
+
+
+def _record_amount(v: Any) -> tuple[float, bool]:
+    if _blank(v):
+        return math.nan, False
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan, True
+    return (x, False) if math.isfinite(x) else (math.nan, True)
+
+
+def _records_batch(records: Sequence[Mapping[str, Any]]) -> _Batch:
+    """Events given as mappings (e.g. JSON objects of POST /events) as lists."""
+    n = len(records)
+
+    def text(name: str) -> list[str | None]:
+        return _text(r.get(name) for r in records)
+
+    ts_raw = [r.get(TS) for r in records]
+    ts_missing = [_blank(v) for v in ts_raw]
+    parsed = [None if m else _record_ts(v) for v, m in zip(ts_raw, ts_missing, strict=True)]
+    amounts = [_record_amount(r.get(AMOUNT)) for r in records]
+    return _Batch(
+        n=n,
+        event_id=text(EVENT_ID),
+        ts_us=[0 if t is None else t for t in parsed],
+        ts_missing=ts_missing,
+        ts_bad=[t is None and not m for t, m in zip(parsed, ts_missing, strict=True)],
+        customer_key=text(CUSTOMER_KEY),
+        link_key=text(LINK_KEY),
+        channel=text(CHANNEL),
+        event_type=text(EVENT_TYPE),
+        amount=[a for a, _ in amounts],
+        amount_bad=[bad for _, bad in amounts],
+        category=text(CATEGORY),
+    )
+
+
+class OnlineStore:
+    """Customer feature state for serving: O(1) event application, sub-millisecond reads.
+
+    `read` / `read_many` return the same features as `BatchEngine.snapshot` at the same time
+    (the parity test checks it). Thread-safe (one connection behind a lock); several processes
+    may open the file, writers are serialised by SQLite.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        fs: FeatureSet,
+        *,
+        reset: bool = False,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        """Open (or create) the store at `path`. `reset=True` discards a store written with
+        other feature definitions instead of refusing to open it."""
+        self.path = Path(path)
+        self.fs = fs
+        self.updater = StreamingUpdater(fs)
+        self.n_base = len(fs.base)
+        self._names = list(fs.names)
+        self._is_time = self.updater.is_time.copy()
+        self._window_idx = np.array(sorted(self.updater.window_us), dtype=np.int64)
+        data = fs.data
+        self._channels = frozenset(data.channel_names)
+        self._event_types = frozenset(data.event_types.all)
+        self._future_us = data.validation.future_tolerance_seconds * 1_000_000
+        head, sep, tail = KEY_PATTERN.partition(KEY_SEPARATOR)
+        types = [t for t in data.identity.identifier_types if re.fullmatch(head[1:], t)]
+        self._key_re = re.compile("^(?:" + "|".join(re.escape(t) for t in types) + ")" + sep + tail)
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, cached_statements=64
+        )
+        con = self._con
+        con.execute("PRAGMA busy_timeout = 30000")
+        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+        con.execute(f"PRAGMA synchronous = {synchronous}")
+        con.execute("PRAGMA cache_size = -65536")  # 64 MB page cache
+        con.execute("PRAGMA mmap_size = 268435456")
+        con.executescript(_SCHEMA)
+        self._fingerprint, self._spec = definitions_fingerprint(fs)
+        self._check_definitions(reset)
+        self._profile_names: list[str] = json.loads(self._meta("profile_columns") or "[]")
+        self._profile_kinds: list[str] = json.loads(self._meta("profile_kinds") or "[]")
+
+    # ------------------------------------------------------------------ meta and lifecycle
+
+    def _meta(self, key: str) -> str | None:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._con.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _check_definitions(self, reset: bool) -> None:
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            stored = self._meta("fingerprint")
+            version = self._meta("schema_version")
+            if stored is not None and (
+                stored != self._fingerprint or version != str(SCHEMA_VERSION)
+            ):
+                if not reset:
+                    raise DefinitionMismatch(self._mismatch_message(stored, version))
+                for table in ("state", "applied", "identity", "profile", "meta"):
+                    con.execute(f"DELETE FROM {table}")
+                stored = None
+            if stored is None:
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._set_meta("fingerprint", self._fingerprint)
+                self._set_meta("definitions", self._spec)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            self._con.close()
+            raise
+
+    def _mismatch_message(self, stored: str, version: str | None) -> str:
+        if version != str(SCHEMA_VERSION):
+            what = f"store layout version {version}, this code writes {SCHEMA_VERSION}"
+        else:
+            old = {d["name"]: d for d in json.loads(self._meta("definitions") or "[]")}
+            new = {d["name"]: d for d in json.loads(self._spec)}
+            changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+            gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
+            parts = [
+                f"{label} {len(names)} (e.g. {', '.join(names[:3])})"
+                for label, names in (("changed", changed), ("removed", gone), ("added", added))
+                if names
+            ]
+            what = "base aggregates " + ("; ".join(parts) or "reordered")
+        return (
+            f"online store {self.path} was written with other feature definitions "
+            f"(fingerprint {stored[:12]}, current {self._fingerprint[:12]}: {what}). Its state "
+            "cannot be reused: re-materialise it from the event store, e.g. "
+            "OnlineStore(path, fs, reset=True).materialize(con, as_of), then replay the stream "
+            "from as_of."
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def watermark_us(self) -> int | None:
+        """Events older than this (µs since the epoch) count as applied: the last
+        materialisation time, or None for a store built by streaming alone."""
+        with self._lock:
+            value = self._meta("watermark_us")
+        return None if value is None else int(value)
+
+    @property
+    def profile_names(self) -> list[str]:
+        return list(self._profile_names)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Columns `read` returns: derived features, then profile columns."""
+        return self._names + self._profile_names
+
+    # ------------------------------------------------------------------ state (de)serialisation
+
+    def _decode(self, last_us: int, base: bytes, win: bytes) -> CustomerState:
+        arr = np.frombuffer(base, dtype="<f8")
+        if arr.size != self.n_base:
+            raise DefinitionMismatch(
+                f"{self.path}: a state holds {arr.size} base aggregates, the definitions "
+                f"{self.n_base}; re-materialise the store"
+            )
+        pairs = np.frombuffer(win, dtype="<i8").reshape(-1, 2)
+        window = list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), strict=True))
+        return CustomerState(arr.copy(), int(last_us), window)
+
+    def _stored(self, last_us: int | None, base: bytes | None, win: bytes | None) -> CustomerState:
+        """A fetched state, or the empty state of a customer known without events."""
+        if base is None:
+            return self.updater.new_state()
+        return self._decode(int(last_us), base, win or b"")
+
+    @staticmethod
+    def _encode(state: CustomerState) -> tuple[int, bytes, bytes]:
+        win = np.asarray(state.window, dtype="<i8").tobytes() if state.window else b""
+        return int(state.last_us), state.base.astype("<f8", copy=False).tobytes(), win
+
+    # ------------------------------------------------------------------ reads
+
+    def resolve(self, identifier: str) -> str | None:
+        """customer_id of an identifier (`type:value`), None when the store has not seen it."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT customer_id FROM identity WHERE identifier = ?", (identifier,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def customer_ids(self) -> list[str]:
+        """Every customer with online state (at least one applied or materialised event)."""
+        with self._lock:
+            rows = self._con.execute("SELECT customer_id FROM state ORDER BY customer_id")
+            return [r[0] for r in rows]
+
+    def is_applied(self, event_id: str) -> bool:
+        """True when the event id was applied (not covering the materialisation watermark)."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT 1 FROM applied WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return row is not None
+
+    def _known_without_state(self, customer_id: str) -> bool:
+        row = self._con.execute(
+            "SELECT 1 FROM identity WHERE customer_id = ? LIMIT 1", (customer_id,)
+        ).fetchone()
+        return row is not None
+
+    def _as_of(self, last_us: int | None, as_of_us: int | None, customer_id: str) -> int:
+        if as_of_us is None:
+            now = time.time_ns() // 1000
+            # events stamped a little ahead of this clock (validation tolerates some) are in
+            return now if last_us is None else max(now, last_us)
+        if last_us is not None and as_of_us < last_us:
+            raise ValueError(
+                f"customer {customer_id}: online state is as of {last_us} us, later than the "
+                f"requested as_of {as_of_us} us; earlier times are the batch engine's job"
+            )
+        return int(as_of_us)
+
+    def _profile_values(self, data: str | None) -> list[Any]:
+        """Profile values of one customer (NaN where missing); times back as datetimes."""
+        if not self._profile_names:
+            return []
+        if data is None:
+            return [math.nan] * len(self._profile_names)
+        return [
+            math.nan if v is None else (v if k == _VALUE else datetime.fromisoformat(v))
+            for v, k in zip(json.loads(data), self._profile_kinds, strict=True)
+        ]
+
+    def read(self, customer_id: str, as_of_us: int | None = None) -> dict[str, Any] | None:
+        """Features (then profile columns) of one customer as of `as_of_us` (default: now),
+        None for a customer the store does not know. No pandas on this path.
+
+        As in the batch engine, events at or after `as_of_us` must not count: an explicit
+        `as_of_us` earlier than the state raises; equal to it, an event stamped exactly then
+        (already applied) counts, where the batch engine would leave it out. The default, now,
+        moves up to the state's time when an event is stamped ahead of this clock."""
+        with self._lock:
+            last_us, base, win, data = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
+            if base is None and data is None and not self._known_without_state(customer_id):
+                return None
+        state = self._stored(last_us, base, win)
+        t = self._as_of(state.last_us, as_of_us, customer_id)
+        values = self.updater.features_at(state, t).tolist()
+        out = dict(zip(self._names, values, strict=True))
+        if self._profile_names:
+            out.update(zip(self._profile_names, self._profile_values(data), strict=True))
+        return out
+
+    def read_many(self, customer_ids: Sequence[str], as_of_us: int | None = None) -> pd.DataFrame:
+        """Features of many customers in `BatchEngine.snapshot`'s layout (customer_id, as_of,
+        features, profile), in the given order; customers the store does not know are left out."""
+        ids = list(dict.fromkeys(customer_ids))
+        rows: list[tuple[str, int, np.ndarray, list[Any]]] = []
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            with self._lock:
+                fetched = self._con.execute(_READ_MANY, (json.dumps(chunk),)).fetchall()
+                known = {
+                    cid
+                    for cid, _, base, _, data in fetched
+                    if base is not None or data is not None or self._known_without_state(cid)
+                }
+            by_id = {row[0]: row for row in fetched}
+            for cid, last_us, base, win, data in (by_id[c] for c in chunk):
+                if cid not in known:
+                    continue
+                state = self._stored(last_us, base, win)
+                t = self._as_of(state.last_us, as_of_us, cid)
+                rows.append((cid, t, self.updater.base_at(state, t), self._profile_values(data)))
+        as_of = np.array([r[1] for r in rows], dtype=np.int64)
+        base = np.vstack([r[2] for r in rows]) if rows else np.empty((0, self.n_base), np.float64)
+        feats = pd.DataFrame(self.fs.derive(base, as_of), columns=self._names)
+        feats.insert(0, AS_OF, pd.to_datetime(as_of, unit="us", utc=True))
+        feats.insert(0, CUSTOMER_ID, [r[0] for r in rows])
+        if self._profile_names:
+            prof = pd.DataFrame([r[3] for r in rows], columns=self._profile_names)
+            prof = prof.infer_objects()
+            for name, kind in zip(self._profile_names, self._profile_kinds, strict=True):
+                if kind != _VALUE:  # the dtype the batch engine's profile has
+                    prof[name] = pd.to_datetime(prof[name], utc=kind == _DATETIME_TZ)
+            feats = pd.concat([feats, prof], axis=1)
+        return feats
+
+    # ------------------------------------------------------------------ event application
+
+    def _reasons(self, b: _Batch, now_us: int) -> list[str | None]:
+        """The first failing field check of each event (validation's order), None if none."""
+        key_ok = self._key_re.match
+        latest = now_us + self._future_us
+        out: list[str | None] = [None] * b.n
+        for i in range(b.n):
+            ck, lk = b.customer_key[i], b.link_key[i]
+            if b.event_id[i] is None:
+                out[i] = MISSING_EVENT_ID
+            elif ck is None:
+                out[i] = EMPTY_CUSTOMER_KEY
+            elif not key_ok(ck):
+                out[i] = MALFORMED_CUSTOMER_KEY
+            elif lk is not None and not key_ok(lk):
+                out[i] = MALFORMED_LINK_KEY
+            elif b.channel[i] not in self._channels:
+                out[i] = UNKNOWN_CHANNEL
+            elif b.event_type[i] not in self._event_types:
+                out[i] = UNKNOWN_EVENT_TYPE
+            elif b.ts_missing[i]:
+                out[i] = MISSING_TIMESTAMP
+            elif b.ts_bad[i]:
+                out[i] = UNPARSEABLE_TIMESTAMP
+            elif b.ts_us[i] > latest:
+                out[i] = FUTURE_TIMESTAMP
+            elif b.amount_bad[i]:
+                out[i] = NON_NUMERIC_AMOUNT
+        return out
+
+    def _lookup(self, sql: str, keys: list[str]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            out += self._con.execute(sql, (json.dumps(chunk),)).fetchall()
+        return out
+
+    def apply_events(self, events: pd.DataFrame, *, now: pd.Timestamp | None = None) -> ApplyReport:
+        """Apply a batch of contract events in ONE transaction, in ts order (stable for ties).
+
+        Each event is applied or rejected with a reason (see APPLY_REASONS); rejected events
+        leave state and identity untouched. `now` (default: the clock) bounds future timestamps.
+        """
+        return self._apply(_frame_batch(events), events, now)
+
+    def apply_records(
+        self, records: Sequence[Mapping[str, Any]], *, now: pd.Timestamp | None = None
+    ) -> ApplyReport:
+        """`apply_events` for events as mappings (the JSON objects of POST /events), without
+        pandas: the cheaper path for batches of a few events."""
+        return self._apply(_records_batch(records), records, now)
+
+    def _apply(
+        self,
+        b: _Batch,
+        source: pd.DataFrame | Sequence[Mapping[str, Any]],
+        now: pd.Timestamp | None,
+    ) -> ApplyReport:
+        now_us = time.time_ns() // 1000 if now is None else int(to_us(now))
+        reasons = self._reasons(b, now_us)
+        ts = b.ts_us
+        order = sorted(range(b.n), key=ts.__getitem__) if b.n > 1 else range(b.n)
+        valid = [i for i in order if reasons[i] is None]
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._apply_locked(b, valid, reasons)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        applied_ids, new_customers, new_identifiers, unmerged = result
+        rejected = tuple((i, r) for i, r in enumerate(reasons) if r is not None)
+        by_reason: dict[str, int] = {}
+        for _, r in rejected:
+            by_reason[r] = by_reason.get(r, 0) + 1
+        return ApplyReport(
+            received=b.n,
+            applied=len(applied_ids),
+            applied_ids=tuple(applied_ids),
+            new_customers=new_customers,
+            new_identifiers=new_identifiers,
+            unmerged_links=unmerged,
+            by_reason={r: by_reason[r] for r in APPLY_REASONS if r in by_reason},
+            rejected_rows=rejected,
+            _source=source,
+        )
+
+    def _apply_locked(
+        self, b: _Batch, valid: list[int], reasons: list[str | None]
+    ) -> tuple[list[str], int, int, int]:
+        """The body of `_apply` inside its transaction; marks rejections in `reasons`."""
+        con = self._con
+        wm = self._meta("watermark_us")
+        watermark = None if wm is None else int(wm)
+
+        ids = list({b.event_id[i] for i in valid})
+        seen = {
+            r[0]
+            for r in self._lookup(
+                "SELECT event_id FROM applied WHERE event_id IN (SELECT value FROM json_each(?))",
+                ids,
+            )
+        }
+        keys = list({b.customer_key[i] for i in valid} | ({b.link_key[i] for i in valid} - {None}))
+        idmap: dict[str, str] = dict(
+            self._lookup(
+                "SELECT identifier, customer_id FROM identity "
+                "WHERE identifier IN (SELECT value FROM json_each(?))",
+                keys,
+            )
+        )
+        states: dict[str, CustomerState] = {}
+        for cid, last_us, base, win in self._lookup(
+            "SELECT customer_id, last_us, base, win FROM state "
+            "WHERE customer_id IN (SELECT value FROM json_each(?))",
+            list(set(idmap.values())),
+        ):
+            states[cid] = self._decode(last_us, base, win)
+
+        touched: set[str] = set()
+        applied: list[tuple[str, int]] = []
+        new_identity: list[tuple[str, str]] = []
+        new_customers = unmerged = 0
+        apply = self.updater.apply
+        for i in valid:
+            eid, ts = b.event_id[i], b.ts_us[i]
+            if (watermark is not None and ts < watermark) or eid in seen:
+                reasons[i] = DUPLICATE
+                continue
+            ck, lk = b.customer_key[i], b.link_key[i]
+            if lk == ck:
+                lk = None
+            cid = idmap.get(ck)
+            adds: list[str] = []
+            merge_conflict = False
+            if cid is not None:
+                if lk is not None:
+                    other = idmap.get(lk)
+                    if other is None:
+                        adds.append(lk)
+                    elif other != cid:
+                        merge_conflict = True
+            elif lk is not None and lk in idmap:
+                cid = idmap[lk]
+                adds.append(ck)
+            else:
+                adds = [ck] if lk is None else [ck, lk]
+                cid = customer_id_of(min(adds))
+            state = states.get(cid)
+            is_new = False
+            if state is None:
+                row = con.execute(
+                    "SELECT last_us, base, win FROM state WHERE customer_id = ?", (cid,)
+                ).fetchone()
+                if row is None:
+                    state, is_new = self.updater.new_state(), True
+                else:
+                    state = self._decode(*row)
+            try:
+                apply(state, ts, b.channel[i], b.event_type[i], b.amount[i], b.category[i])
+            except OutOfOrderEvent:
+                reasons[i] = OUT_OF_ORDER
+                continue
+            states[cid] = state
+            touched.add(cid)
+            seen.add(eid)
+            applied.append((eid, ts))
+            for ident in adds:
+                idmap[ident] = cid
+                new_identity.append((ident, cid))
+            new_customers += is_new
+            unmerged += merge_conflict
+
+        con.executemany(_UPSERT_STATE, [(cid, *self._encode(states[cid])) for cid in touched])
+        con.executemany("INSERT INTO applied (event_id, ts_us) VALUES (?, ?)", applied)
+        con.executemany(
+            "INSERT INTO identity (identifier, customer_id) VALUES (?, ?)", new_identity
+        )
+        return [a[0] for a in applied], new_customers, len(new_identity), unmerged
+
+    def forget_applied_before(self, before_us: int) -> int:
+        """Bound the idempotency table: drop the ids of events older than `before_us` and raise
+        the watermark to it, so replays of those events stay duplicates (a late event older than
+        it is then rejected too). Returns the ids dropped."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                wm = self._meta("watermark_us")
+                if wm is None or int(wm) < before_us:
+                    self._set_meta("watermark_us", str(int(before_us)))
+                dropped = con.execute("DELETE FROM applied WHERE ts_us < ?", (before_us,)).rowcount
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return dropped
+
+    # ------------------------------------------------------------------ materialisation
+
+    def materialize(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        as_of: pd.Timestamp,
+        *,
+        events: str = "events",
+        customers: str | None = "customers",
+        identity: str | None = "identity",
+        chunk_rows: int = _CHUNK,
+    ) -> int:
+        """Replace the store's content by the batch state as of `as_of`; returns customers.
+
+        `con` has `events` (contract columns + customer_id) and optionally `customers` and
+        `identity` (identifier, customer_id); a missing optional relation is skipped (identity
+        then comes from the events' customer_key). Base aggregates come from the batch SQL
+        (`base_aggregates_sql`, what `BatchEngine.base_snapshot` runs), streamed in chunks of
+        `chunk_rows`; window buffers from the events inside the longest window before `as_of`.
+        `as_of` becomes the watermark: replay the stream from `as_of` afterwards.
+        """
+        as_of_us = int(to_us(as_of))
+        names = [b.name for b in self.fs.base]
+        base_sql = base_aggregates_sql(self.fs, events, DUCKDB, as_of_us=as_of_us)
+        win_sql = self._window_sql(events, as_of_us)
+        casts = ", ".join(f'CAST(b."{n}" AS DOUBLE)' for n in names)
+        if win_sql is None:
+            sql = (
+                f"SELECT b.{CUSTOMER_ID}, {casts}, NULL::BIGINT[] AS w_ts, "
+                f"NULL::BIGINT[] AS w_agg FROM ({base_sql}) b"
+            )
+        else:
+            sql = (
+                f"SELECT b.{CUSTOMER_ID}, {casts}, w.w_ts, w.w_agg FROM ({base_sql}) b "
+                f"LEFT JOIN ({win_sql}) w ON w.{CUSTOMER_ID} = b.{CUSTOMER_ID}"
+            )
+        has_identity = identity is not None and _has_relation(con, identity)
+        has_customers = customers is not None and _has_relation(con, customers)
+        n_customers = 0
+        with self._lock:
+            lite = self._con
+            lite.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("state", "applied", "identity", "profile"):
+                    lite.execute(f"DELETE FROM {table}")
+                for batch in _batches(con, sql, chunk_rows):
+                    n_customers += self._write_state_chunk(batch, as_of_us)
+                if has_identity:
+                    id_sql = (
+                        f"SELECT CAST(identifier AS VARCHAR), CAST({CUSTOMER_ID} AS VARCHAR) "
+                        f"FROM {identity}"
+                    )
+                else:
+                    id_sql = (
+                        f"SELECT DISTINCT CAST({CUSTOMER_KEY} AS VARCHAR), "
+                        f"CAST({CUSTOMER_ID} AS VARCHAR) FROM {events}"
+                    )
+                for batch in _batches(con, id_sql, chunk_rows):
+                    lite.executemany(
+                        "INSERT OR IGNORE INTO identity (identifier, customer_id) VALUES (?, ?)",
+                        zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True),
+                    )
+                profile_names, kinds = (
+                    self._write_profiles(con, customers, chunk_rows) if has_customers else ([], [])
+                )
+                self._set_meta("watermark_us", str(as_of_us))
+                self._set_meta(
+                    "materialized_as_of", pd.Timestamp(as_of_us, unit="us", tz="UTC").isoformat()
+                )
+                self._set_meta("profile_columns", json.dumps(profile_names))
+                self._set_meta("profile_kinds", json.dumps(kinds))
+                lite.execute("COMMIT")
+            except BaseException:
+                lite.execute("ROLLBACK")
+                raise
+            self._profile_names, self._profile_kinds = profile_names, kinds
+            lite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n_customers
+
+    def _window_sql(self, events: str, as_of_us: int) -> str | None:
+        """Per customer, (ts_us, aggregate index) of the window-count events inside the longest
+        window before `as_of`, as two aligned lists in the streaming buffer's order."""
+        if not self.updater.window_us:
+            return None
+        start = as_of_us - self.updater.max_window_us
+        parts = []
+        for i in self.updater.window_us:
+            b = self.fs.base[i]
+            cond = [
+                f"epoch_us({TS}) >= {start}",
+                f"epoch_us({TS}) < {as_of_us}",
+                f"{EVENT_TYPE} IN ({', '.join(_sql_lit(t) for t in b.event_types)})",
+            ]
+            if b.channels is not None:
+                cond.append(f"{CHANNEL} IN ({', '.join(_sql_lit(c) for c in b.channels)})")
+            parts.append(
+                f"SELECT {CUSTOMER_ID}, epoch_us({TS}) AS ts_us, {i}::BIGINT AS agg "
+                f"FROM {events} WHERE {' AND '.join(cond)}"
+            )
+        return (
+            f"SELECT {CUSTOMER_ID}, list(ts_us ORDER BY ts_us, agg) AS w_ts, "
+            f"list(agg ORDER BY ts_us, agg) AS w_agg FROM ({' UNION ALL '.join(parts)}) "
+            f"GROUP BY {CUSTOMER_ID}"
+        )
+
+    def _write_state_chunk(self, batch: pa.RecordBatch, as_of_us: int) -> int:
+        n = batch.num_rows
+        if n == 0:
+            return 0
+        ids = batch.column(0).to_pylist()
+        base = np.empty((n, self.n_base), dtype="<f8")
+        for j in range(self.n_base):
+            base[:, j] = batch.column(1 + j).to_numpy(zero_copy_only=False)
+        # the streaming state: counts start at 0 (SQL gives NULL when nothing matched), window
+        # counts live in the buffer, never in the base
+        counts = ~self._is_time
+        base[:, counts] = np.nan_to_num(base[:, counts], nan=0.0)
+        base[:, self._window_idx] = 0.0
+        w_ts, w_agg = batch.column(1 + self.n_base), batch.column(2 + self.n_base)
+        offsets = np.asarray(w_ts.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        flat_ts = w_ts.flatten().to_numpy(zero_copy_only=False)
+        flat_agg = w_agg.flatten().to_numpy(zero_copy_only=False)
+        pairs = np.empty((len(flat_ts), 2), dtype="<i8")
+        pairs[:, 0], pairs[:, 1] = flat_ts, flat_agg
+        raw = pairs.tobytes()
+        rows = (
+            (ids[i], as_of_us, base[i].tobytes(), raw[offsets[i] * 16 : offsets[i + 1] * 16])
+            for i in range(n)
+        )
+        self._con.executemany(
+            "INSERT INTO state (customer_id, last_us, base, win) VALUES (?, ?, ?, ?)", rows
+        )
+        return n
+
+    def _write_profiles(
+        self, con: duckdb.DuckDBPyConnection, customers: str, chunk_rows: int
+    ) -> tuple[list[str], list[str]]:
+        """Profile columns of the customers table (`features.profile_columns`) as JSON arrays;
+        returns their names and kinds (times are kept as ISO text and read back as times)."""
+        wanted = self.fs.config.profile_columns
+        empty = profile_columns(con.sql(f"SELECT * FROM {customers} LIMIT 0").df(), wanted)
+        names = list(empty.columns)
+        kinds = [_kind(empty[c]) for c in names]
+        for batch in _batches(con, f"SELECT * FROM {customers}", chunk_rows):
+            frame = profile_columns(batch.to_pandas(date_as_object=False), wanted)
+            values = [_json_column(frame[c]) for c in names]
+            rows = (
+                (cid, json.dumps(list(vals), allow_nan=False))
+                for cid, *vals in zip(frame.index.tolist(), *values, strict=True)
+            )
+            self._con.executemany(
+                "INSERT OR IGNORE INTO profile (customer_id, data) VALUES (?, ?)", rows
+            )
+        return names, kinds
+
+
+def _sql_lit(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _batches(con: duckdb.DuckDBPyConnection, sql: str, rows: int) -> pa.RecordBatchReader:
+    """A query's result streamed as arrow record batches of at most `rows` rows."""
+    rel = con.sql(sql)
+    if hasattr(rel, "to_arrow_reader"):  # duckdb >= 1.4
+        return rel.to_arrow_reader(rows)
+    return rel.fetch_arrow_reader(rows)
+
+
+def _has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    try:
+        con.execute(f"SELECT * FROM {name} LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
+
+
+_VALUE, _DATETIME, _DATETIME_TZ = "value", "datetime", "datetime_tz"
+
+
+def _kind(s: pd.Series) -> str:
+    """How a profile column travels through JSON: as itself, or as ISO text of a time."""
+    if s.dtype.kind == "M":
+        return _DATETIME_TZ if getattr(s.dtype, "tz", None) is not None else _DATETIME
+    return _VALUE
+
+
+def _json_column(s: pd.Series) -> list[Any]:
+    """A profile column as JSON-ready Python values: numbers as float, times as ISO text."""
+    if pd.api.types.is_bool_dtype(s):
+        return [None if pd.isna(v) else bool(v) for v in s.tolist()]
+    if pd.api.types.is_integer_dtype(s):
+        return [None if pd.isna(v) else int(v) for v in s.tolist()]
+    if pd.api.types.is_numeric_dtype(s):
+        arr = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return [None if not math.isfinite(v) else v for v in arr.tolist()]
+    out: list[Any] = []
+    for v in s.tolist():
+        if _blank(v):
+            out.append(None)
+        elif isinstance(v, datetime | pd.Timestamp):
+            out.append(v.isoformat())
+        else:
+            out.append(v if isinstance(v, str | int | float | bool) else str(v))
+    return out
