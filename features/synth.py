@@ -11,20 +11,25 @@ The generative model, per person (all vectorised over a chunk of persons):
   affinity on the logit scale, purchase intensity, order value, fatigue sensitivity, discount
   affinity, online share, preferred hour, category preferences and an uplift type;
 * identifiers (crm, email, phone, loyalty, payment card, web cookies, app device) and the events
-  that prove two of them belong together (consent, logins, checkouts, loyalty cards at the till);
+  that prove two of them belong together (consent, logins, checkouts, e-receipts, loyalty cards
+  and phone numbers at the till); shops' guest cards and family tablets are shared identifiers;
 * organic purchases, a Poisson process with rate intensity x seasonality(day) x an hour-of-day
   profile, and organic web and app visits;
 * outbound campaign waves from the action catalogue, chosen by a logging policy with recorded
   propensities and a randomized holdout; responses damped by fatigue; unsubscribes that revoke
   consent, which later waves respect;
 * a contact at time t changes the probability of at least one purchase in (t, t + H] from p0 (the
-  organic probability) to p1 = p0 + tau; the change is realised by adding an induced purchase
-  (tau > 0) or deleting the organic purchases of the window (tau < 0) with the probabilities that
-  make P(purchase in window) exactly p1.
+  organic probability) to p1 = p0 + tau, with tau = persuadability x channel factor (from the
+  channel's affinity) x offer match x fatigue - sleeping-dog strength x the channel's
+  intrusiveness; the change is realised by adding an induced purchase (tau > 0, likelier for
+  responders) or deleting the organic purchases of the window (tau < 0) with the probabilities
+  that make P(purchase in window) exactly p1.
 
-Known approximation: p0 and p1 of a contact are exact for that contact alone; when the windows of
-several contacts of one person overlap, the effects are realised one after the other on the same
-purchases, so the realised rate of the later contact deviates slightly from its recorded truth.
+Known approximation: p0 and p1 of a contact are exact for that contact alone. When the windows of
+several contacts of one person overlap, their effects are realised one after the other (induced
+purchases of one contact fall in the window of another, deletions remove purchases another
+contact's p0 counted on, a contact raises the fatigue of the next), so realised purchase rates
+after contacts deviate slightly from the recorded truth (about +0.1 to +0.2 points on average).
 
 The persons are split into fixed-size chunks, each with its own random stream
 `default_rng([seed, chunk])`; the campaign schedule comes from the seed alone. The output is
@@ -141,8 +146,9 @@ ACTIONS: tuple[Action, ...] = (
     # push weekly, alternating
     Action("push_newin", "push", "new_arrivals", 0.001, 18.0, 0.1, 14, 1),
     Action("push_discount", "push", "discount", 0.001, 18.0, 0.1, 14, 8),
-    Action("dm_catalog", "direct_mail", "catalog", 0.80, 10.0, 0.5, 61, 10),
-    Action("dm_winback", "direct_mail", "winback", 0.80, 10.0, 0.5, 91, 40),
+    # direct mail about six drops a year: a quarterly catalogue and a half-yearly winback letter
+    Action("dm_catalog", "direct_mail", "catalog", 0.80, 10.0, 0.5, 91, 10),
+    Action("dm_winback", "direct_mail", "winback", 0.80, 10.0, 0.5, 182, 55),
     Action("call_winback", "call_centre", "winback", 4.00, 9.0, 9.0, 30, 15),
 )
 _ACTION_INDEX = {a.action_id: i for i, a in enumerate(ACTIONS)}
@@ -185,6 +191,7 @@ def seasonality(epoch_days: np.ndarray) -> np.ndarray:
 
 
 def seasonality_definition() -> dict[str, object]:
+    """The seasonality and hour profile of the purchase rate, as recorded in `truth/world.json`."""
     return {
         "rate": "intensity_per_year / 365 * peak(day_of_year) * weekday_factor * hour_profile",
         "peak": "(1 + amplitude * exp(-0.5 * (circular_distance(doy, peak_doy) / width)^2)) / norm",
@@ -202,7 +209,7 @@ def seasonality_definition() -> dict[str, object]:
     }
 
 
-def expit(x: np.ndarray | float) -> np.ndarray:
+def _sigmoid(x: np.ndarray | float) -> np.ndarray:
     """The logistic function, without overflow warnings."""
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=float)))
 
@@ -217,7 +224,7 @@ def _intraday_cdf(x: np.ndarray, online: np.ndarray, pref_hour: np.ndarray) -> n
     mu = pref_hour / 24.0
     scale = _logistic_scale(ONLINE_HOUR_SD)
     # wrapped logistic on [0, 1): the neighbouring periods k = -1, 0, 1 suffice for scale << 1
-    wrapped = sum(expit((x - mu + k) / scale) - expit((k - mu) / scale) for k in (-1, 0, 1))
+    wrapped = sum(_sigmoid((x - mu + k) / scale) - _sigmoid((k - mu) / scale) for k in (-1, 0, 1))
     lo, hi = STORE_HOURS[0] / 24.0, STORE_HOURS[1] / 24.0
     store = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     return online * wrapped + (1.0 - online) * store
@@ -289,6 +296,7 @@ def true_purchase_probability(
 
 
 def _per_channel(email: float, sms: float, push: float, dm: float, call: float) -> Callable:
+    """A default factory of a per-outbound-channel mapping."""
     return lambda: {
         "email": email,
         "sms": sms,
@@ -330,6 +338,9 @@ class WorldParams:
     amount_sigma: float = 0.5  # sd of log amount of one order around the person's mean
     online_intercept: float = -0.4  # logit of the online share of purchases at age 45, suburban
     checkout_link_share: float = 0.85  # online purchases that log the e-mail at checkout
+    ereceipt_share: float = (
+        0.30  # store purchases with an e-receipt (links card or loyalty to e-mail)
+    )
     phone_at_till_share: float = 0.15  # members' store purchases where the phone is given
     forgot_card_share: float = 0.10  # members' store purchases paid by card without loyalty card
     # organic engagement
@@ -407,6 +418,14 @@ class WorldParams:
     holdout_share: float = 0.10  # randomized share of chosen persons held out (not contacted)
     recent_days: float = 30.0  # window of "recent" purchase and engagement
     lapsed_days: float = 90.0  # no purchase for this long: lapsed (winback target)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.horizon_days <= 0 or self.guest_cards < 1:
+            raise ValueError("WorldParams: chunk_size, horizon_days and guest_cards must be > 0")
+        if not 0.0 < self.holdout_share < 1.0:
+            raise ValueError(
+                f"WorldParams.holdout_share must be in (0, 1), got {self.holdout_share}"
+            )
 
 
 @dataclass
@@ -572,6 +591,8 @@ class _EventLog:
 
 @dataclass(frozen=True)
 class _ChunkSpec:
+    """Everything a worker needs to build one chunk (picklable)."""
+
     out: Path
     seed: int
     chunk: int
@@ -604,6 +625,7 @@ class _Chunk:
     # persons and latents ------------------------------------------------------------------------
 
     def _persons(self) -> None:
+        """Profile and latents of every person, correlated as the module docstring says."""
         rng, p, n = self.rng, self.p, self.n
         self.age = np.clip(np.round(rng.normal(p.age_mean, p.age_sd, n)), 18, 80).astype(np.int64)
         za = (self.age - 45.0) / 15.0
@@ -634,9 +656,9 @@ class _Chunk:
         self.zl = zl
 
         # loyalty tier, correlated with intensity
-        member = rng.random(n) < expit(_logit(p.loyalty_share) + 0.8 * zl)
+        member = rng.random(n) < _sigmoid(_logit(p.loyalty_share) + 0.8 * zl)
         gold = member & (
-            rng.random(n) < expit(_logit(p.gold_share) + 1.0 * zl + rng.normal(0, 0.5, n))
+            rng.random(n) < _sigmoid(_logit(p.gold_share) + 1.0 * zl + rng.normal(0, 0.5, n))
         )
         # joining the scheme: at a store signup, else after a delay; joining after the end = none
         join = np.where(
@@ -664,12 +686,12 @@ class _Chunk:
         # identifiers the person has (the keys are made in _identifiers)
         self.has_email = rng.random(n) < p.email_share
         self.has_phone = rng.random(n) < p.phone_share
-        self.app_user = rng.random(n) < expit(_logit(p.app_share) - 0.8 * za + 0.3 * urban - 0.1)
+        self.app_user = rng.random(n) < _sigmoid(_logit(p.app_share) - 0.8 * za + 0.3 * urban - 0.1)
         c0, c1, _ = p.cookie_shares
         u = rng.random(n) - 0.05 * np.clip(za, -2, 2)  # older persons use fewer browsers
         self.n_cookies = (u > c0).astype(np.int64) + (u > c0 + c1)
         online_logit = p.online_intercept - 0.7 * za + 0.4 * urban - 0.6 * rural
-        self.online = expit(online_logit + rng.normal(0.0, 1.0, n))
+        self.online = _sigmoid(online_logit + rng.normal(0.0, 1.0, n))
         self.online = np.where((self.n_cookies > 0) | self.app_user, self.online, 0.0)
 
         # channel affinities: profile mean + shared responsiveness + channel noise (logit scale)
@@ -830,6 +852,7 @@ class _Chunk:
         return person[keep], t[keep], is_online[keep]
 
     def _organic_purchases(self) -> None:
+        """Organic purchase times, kept sorted by (person, time) so contacts can delete them."""
         begin = np.maximum(self.signup_t, 0.0)
         person, t, online = self._sample_times(self.lam, begin, self.online)
         order = np.lexsort((t, person))
@@ -842,6 +865,7 @@ class _Chunk:
         self.op_cursor = 0
 
     def _organic_visits(self) -> None:
+        """Web and app visits (some logged in), app logins and loyalty registrations."""
         rng, p, n = self.rng, self.p, self.n
         mean_online = max(float(self.online.mean()), 1e-9)
         taste = np.exp(rng.normal(-0.18, 0.6, n)) * (0.5 + self.online) / (0.5 + mean_online)
@@ -866,6 +890,7 @@ class _Chunk:
     def _views(
         self, person: np.ndarray, t: np.ndarray, channel: int, key: np.ndarray | int
     ) -> None:
+        """Product views with a category after some of the visits."""
         rng = self.rng
         viewed = rng.random(len(person)) < self.p.view_share
         key = np.broadcast_to(key, person.shape)[viewed]
@@ -873,6 +898,7 @@ class _Chunk:
         self.log.add(person, t, channel, _ET["view"], key, category=self._category(person))
 
     def _category(self, person: np.ndarray) -> np.ndarray:
+        """A category code per row, drawn from the person's preferences."""
         u = self.rng.random(len(person))
         return np.minimum((self.cat_cum[person] < u[:, None]).sum(axis=1), len(CATEGORIES) - 1)
 
@@ -892,12 +918,14 @@ class _Chunk:
         member = self.member[person] & (self.join_t[person] <= t)
         loyalty = member & (rng.random(k) >= p.forgot_card_share)
         key = np.where(app, K_APP, np.where(web, cookie, np.where(loyalty, K_LOYALTY, K_CARD)))
-        u = rng.random(k)
-        checkout = (app | web) & self.has_email[person] & (u < p.checkout_link_share)
-        phone = store & loyalty & self.has_phone[person] & (u < p.phone_at_till_share)
+        u, v = rng.random(k), rng.random(k)
+        has_email = self.has_email[person]
+        checkout = (app | web) & has_email & (u < p.checkout_link_share)
         guest = store & ~member & (u < p.guest_card_share)
+        receipt = store & ~guest & has_email & (v < p.ereceipt_share)
+        phone = store & loyalty & self.has_phone[person] & (v >= 1.0 - p.phone_at_till_share)
         link = np.where(
-            checkout,
+            checkout | receipt,
             K_EMAIL,
             np.where(phone, K_PHONE, np.where(guest, _GUEST + self.home_store[person], _NONE)),
         )
@@ -921,6 +949,7 @@ class _Chunk:
     def _organic_rate_integral(
         self, person: np.ndarray, t0: np.ndarray, t1: np.ndarray
     ) -> np.ndarray:
+        """Expected organic purchases of each person in (t0, t1] (days since the start)."""
         a = np.maximum(t0, self.signup_t[person]) + self.spec.start_epoch
         b = t1 + self.spec.start_epoch
         out = _rate_integral(self.lam[person], self.online[person], self.pref_hour[person], a, b)
@@ -947,9 +976,9 @@ class _Chunk:
         m = np.exp(-self.fatigue_sens[person] * fatigue)
         offer = self._offer_term(action.offer, person, lapsed)
         lin = self.aff[c][person] + offer
-        p_resp = p.delivery_rate[c] * expit(p.response_base[c] + lin) * m
+        p_resp = p.delivery_rate[c] * _sigmoid(p.response_base[c] + lin) * m
         p0 = -np.expm1(-self._organic_rate_integral(person, t, t + p.horizon_days))
-        channel_factor = p.uplift_scale[c] * 2.0 * expit(self.aff[c][person])
+        channel_factor = p.uplift_scale[c] * 2.0 * _sigmoid(self.aff[c][person])
         gain = self.persuadability[person] * channel_factor * np.exp(offer) * m
         tau = gain - self.dog[person] * p.intrusiveness[c]
         p1 = np.clip(p0 + tau, np.minimum(p0, 0.001), np.maximum(p0, 0.999))
@@ -964,6 +993,7 @@ class _Chunk:
         }
 
     def _fatigue_at(self, person: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Exponentially decayed count of the person's recent contacts at time t."""
         decay = np.exp(
             -(t - self.fatigue_t[person]) * math.log(2.0) / self.p.fatigue_half_life_days
         )
@@ -1011,6 +1041,7 @@ class _Chunk:
     def _wave(
         self, action: Action, ai: int, when: float, spread: float, eligible: np.ndarray
     ) -> None:
+        """One wave: the logging policy picks, a random tenth is held out, the rest contacted."""
         rng, p = self.rng, self.p
         c = action.channel
         ch = _CH[c]
@@ -1026,7 +1057,7 @@ class _Chunk:
         if action.offer == "winback":
             lapsed = (when - self.last_purchase[eligible]) > p.lapsed_days
             logit = logit + p.policy_lapsed * lapsed - 2.0 * p.policy_recent_purchase * recent_p
-        pi = np.clip(expit(logit), lo, hi)
+        pi = np.clip(_sigmoid(logit), lo, hi)
         chosen = rng.random(len(eligible)) < pi
         person, pi = eligible[chosen], pi[chosen]
         if len(person) == 0:
@@ -1092,14 +1123,25 @@ class _Chunk:
         # every response falls within the 3-day attribution window
         t_resp = np.minimum(np.where(immediate, fast, slow), t + 2.95)
         u1, u2 = rng.random(k), rng.random(k)
-        base = expit(p.response_base[c] + tr["lin"]) * tr["m"]
+        base = _sigmoid(p.response_base[c] + tr["lin"]) * tr["m"]
         if c == "email":
-            p_open = expit(p.email_open_base + tr["lin"]) * tr["m"]
+            p_open = _sigmoid(p.email_open_base + tr["lin"]) * tr["m"]
             opened = u1 < p_open
             responded = opened & (u2 < base / p_open)
             t_click = t_resp + rng.exponential(3 * MINUTES, k)
             self.log.add(s[opened], t_resp[opened], ch, _ET["open"], key, action=ai)
             self.log.add(s[responded], t_click[responded], ch, _ET["click"], key, action=ai)
+            # the click lands on the web site, on one of the person's cookies, tagged by the link
+            lands = responded & (self.n_cookies[s] > 0)
+            cookie = K_COOKIE0 + (rng.random(k) * self.n_cookies[s]).astype(np.int64)
+            self.log.add(
+                s[lands],
+                t_click[lands] + 5 * SECONDS,
+                _CH["web"],
+                _ET["visit"],
+                cookie[lands],
+                K_EMAIL,
+            )
             engaged = opened
         elif c in ("sms", "push"):
             delivered = u1 < p.delivery_rate[c]
@@ -1172,11 +1214,15 @@ class _Chunk:
         q_resp = np.minimum(1.0, q * K / (r * K + 1.0 - r))
         q_other = np.clip((q - r * q_resp) / (1.0 - r), 0.0, 1.0)
         induced = u < np.where(responded, q_resp, q_other)
+        online = rng.random(k) < self.online[s]
         t_buy = np.where(responded, t_resp + rng.exponential(0.3, k), t + rng.random(k) * H)
-        t_buy = np.clip(t_buy, t + SECONDS, t + H - SECONDS)
+        # store purchases fall in opening hours: the same day, else the next
+        in_store = np.floor(t_buy) + rng.uniform(*STORE_HOURS, k) / 24.0
+        in_store = np.where(in_store <= t, in_store + 1.0, in_store)
+        t_buy = np.clip(np.where(online, t_buy, in_store), t + SECONDS, t + H - SECONDS)
         if induced.any():
             who, when = s[induced], t_buy[induced]
-            self.induced.append((who, when, np.full(len(who), ai, dtype=np.int8)))
+            self.induced.append((who, when, online[induced], np.full(len(who), ai, dtype=np.int8)))
             self.pending_purchase.add(who, when)
         # deleted: all organic purchases in (t, t + H] with probability (p0 - p1) / p0
         d = np.where(p1 < p0, (p0 - p1) / np.maximum(p0, 1e-12), 0.0)
@@ -1190,6 +1236,7 @@ class _Chunk:
     # truth at the end and output ------------------------------------------------------------------
 
     def run(self) -> dict[str, int]:
+        """Simulate the chunk's history and write its part files; returns the counts."""
         self._organic_purchases()
         self._organic_visits()
         self._consent_events()
@@ -1197,12 +1244,12 @@ class _Chunk:
         alive = self.op_alive
         self._log_purchases(self.op_person[alive], self.op_t[alive], self.op_online[alive], _NONE)
         if self.induced:
-            who, when, act = (np.concatenate(x) for x in zip(*self.induced, strict=True))
-            online = self.rng.random(len(who)) < self.online[who]
+            who, when, online, act = (np.concatenate(x) for x in zip(*self.induced, strict=True))
             self._log_purchases(who, when, online, act)
         return self._write()
 
     def _consent_events(self) -> None:
+        """Initial consent grants: at the start for existing customers, else at signup."""
         for c in OUTBOUND:
             who = np.flatnonzero(self.consent[c] & (self.consent_from[c] < self.D))
             link = K_CRM if c in ("email", "sms", "call_centre") else _NONE
@@ -1219,28 +1266,33 @@ class _Chunk:
         """Encode the chunk's events and truth and write its part files."""
         spec, n = self.spec, self.n
         cols = self.log.columns()
-        t = cols[1]
-        contacts = {k: np.concatenate([c[k] for c in self.contacts]) for k in self.contacts[0]}
+        ts_us = ts_us_of(spec, cols[1])
         # the history ends at D: later responses and purchases are cut off
-        kept = np.flatnonzero(t < self.D)
-        ts_us = spec.start_epoch * US_PER_DAY + np.round(t * US_PER_DAY).astype(np.int64)
+        kept = np.flatnonzero(cols[1] < self.D)
         order = kept[np.argsort(ts_us[kept], kind="stable")]
-        position = np.full(len(t), -1, dtype=np.int64)
+        position = np.full(len(ts_us), -1, dtype=np.int64)  # an event's rank = its event_id
         position[order] = np.arange(len(order))
-        cols = [c[order] for c in cols]
-        ts_us = ts_us[order]
-        seq = np.arange(len(order), dtype=np.int64)
-        cols, ts_us, seq, dirty = self._dirty(cols, ts_us, seq)
+        rows, seq, bad_at, bad_kind = self._dirty(order, position, ts_us, cols[3])
+        cols = [c[rows] for c in cols]
+        ts_us = ts_us[rows]
+        cols[2][bad_at[bad_kind == 0]] = _BAD_CHANNEL
+        cols[4][bad_at[bad_kind == 1]] = _NOKEY
+        cols[7][bad_at[bad_kind == 2]] *= -1.0
+        cols[9][bad_at[bad_kind == 3]] = 1.5
         event_ids = _hex_strings("", (np.int64(spec.chunk) << np.int64(40)) | seq)
         files = [self._write_events(cols, ts_us, event_ids)]
+        del cols, event_ids
         files.append(self._write_customers())
         files.append(self._write_truth_customers())
         identity_rows, f = self._write_identity()
         files.append(f)
-        contact_order = np.argsort(position[contacts["row"]], kind="stable")
-        contacts = {k: v[contact_order] for k, v in contacts.items()}
+        contacts = self._contact_columns()
         contact_seq = position[contacts["row"]]
-        contact_ids = _hex_strings("", (np.int64(spec.chunk) << np.int64(40)) | contact_seq)
+        by_time = np.argsort(contact_seq, kind="stable")
+        contacts = {k: v[by_time] for k, v in contacts.items()}
+        contact_ids = _hex_strings(
+            "", (np.int64(spec.chunk) << np.int64(40)) | contact_seq[by_time]
+        )
         files.append(self._write_contacts(contacts, ts_us_of(spec, contacts["t"]), contact_ids))
         files.append(self._write_customer_actions())
         return {
@@ -1249,42 +1301,54 @@ class _Chunk:
             "events": len(ts_us),
             "contacts": len(contact_seq),
             "files": len(files),
-            "dirty_rows": dirty,
+            "dirty_rows": len(rows) - len(order),
         }
 
+    def _contact_columns(self) -> dict[str, np.ndarray]:
+        """The contacts of all waves as columns (empty ones when no wave reached anybody)."""
+        if self.contacts:
+            return {k: np.concatenate([c[k] for c in self.contacts]) for k in self.contacts[0]}
+        ints = ("row", "person", "action")
+        columns = {k: np.zeros(0, dtype=np.int64) for k in ints}
+        columns["treated"] = np.zeros(0, dtype=bool)
+        floats = ("t", "propensity", "p_response", "p_purchase_treated", "p_purchase_control")
+        return columns | {k: np.zeros(0) for k in (*floats, "expected_value")}
+
     def _dirty(
-        self, cols: list[np.ndarray], ts_us: np.ndarray, seq: np.ndarray
-    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
-        """Append retried duplicates (same event_id) and malformed rows, re-sorted by time."""
-        rate = self.spec.dirty_rate
-        if rate <= 0:
-            return cols, ts_us, seq, 0
-        rng, valid = self.rng, len(ts_us)
-        dup = np.sort(rng.choice(valid, rng.binomial(valid, rate)))
+        self, order: np.ndarray, position: np.ndarray, ts_us: np.ndarray, etype: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows to write, with retried duplicates (same event_id) and malformed rows inserted.
+
+        Returns the source row of each output row, its event sequence number, and the output
+        positions and kinds (0 unknown channel, 1 bad key, 2 negative amount, 3 propensity 1.5)
+        of the malformed rows.
+        """
+        rate, valid = self.spec.dirty_rate, len(order)
+        empty = np.zeros(0, dtype=np.int64)
+        if rate <= 0 or valid == 0:
+            return order, np.arange(valid), empty, empty
+        rng = self.rng
+        dup = order[rng.choice(valid, rng.binomial(valid, rate))]
         n_bad = math.ceil(valid * rate / 5.0)
-        etype = cols[3]
-        purchases = np.flatnonzero(etype == _ET["purchase"])
-        sends = np.flatnonzero(etype == _ET["sent"])
-        bad = np.sort(rng.choice(valid, n_bad))
         kind = np.arange(n_bad) % 4
-        if len(purchases):
-            bad = np.where(kind == 2, rng.choice(purchases, n_bad), bad)
-        if len(sends):
-            bad = np.where(kind == 3, rng.choice(sends, n_bad), bad)
-        bad_cols = [c[bad].copy() for c in cols]
-        bad_cols[2][kind == 0] = _BAD_CHANNEL
-        bad_cols[4][kind == 1] = _NOKEY
-        bad_cols[7][kind == 2] = -np.abs(bad_cols[7][kind == 2])
-        bad_cols[9][kind == 3] = 1.5
-        rows = np.concatenate([np.arange(valid), dup, bad])
-        cols = [
-            np.concatenate([c[rows[: valid + len(dup)]], b])
-            for c, b in zip(cols, bad_cols, strict=True)
-        ]
-        ts_us = ts_us[rows]
-        seq = np.concatenate([seq[:valid], seq[dup], valid + np.arange(n_bad)])
-        order = np.argsort(ts_us, kind="stable")
-        return [c[order] for c in cols], ts_us[order], seq[order], len(dup) + n_bad
+        bad = order[rng.choice(valid, n_bad)]
+        for k, event_type in ((2, "purchase"), (3, "sent")):
+            candidates = order[etype[order] == _ET[event_type]]
+            if len(candidates):
+                bad = np.where(kind == k, rng.choice(candidates, n_bad), bad)
+            else:
+                kind = np.where(kind == k, 0, kind)
+        extra = np.concatenate([dup, bad])
+        extra_seq = np.concatenate([position[dup], valid + np.arange(n_bad)])
+        extra_kind = np.concatenate([np.full(len(dup), -1), kind])
+        by_time = np.argsort(ts_us[extra], kind="stable")
+        extra, extra_seq, extra_kind = extra[by_time], extra_seq[by_time], extra_kind[by_time]
+        # retries and malformed rows go right after the valid rows of the same time
+        at = np.searchsorted(ts_us[order], ts_us[extra], side="right")
+        rows = np.insert(order, at, extra)
+        seq = np.insert(np.arange(valid), at, extra_seq)
+        placed = at + np.arange(len(extra))
+        return rows, seq, placed[extra_kind >= 0], extra_kind[extra_kind >= 0]
 
     def _key_strings(self, kind: np.ndarray, person: np.ndarray) -> pa.Array:
         """Key strings of (identifier kind, person) codes; kind -1 gives null."""
@@ -1298,6 +1362,7 @@ class _Chunk:
         return pc.take(self.key_dictionary, indices)
 
     def _write_events(self, cols: list[np.ndarray], ts_us: np.ndarray, ids: pa.Array) -> Path:
+        """The contract's events table from the code columns."""
         person, _, channel, etype, key, link, action, amount, category, propensity = cols
         table = pa.Table.from_arrays(
             [
@@ -1317,15 +1382,18 @@ class _Chunk:
         return self._write_table(table, "events")
 
     def _write_table(self, table: pa.Table, name: str) -> Path:
+        """Write the chunk's part file of table `name`."""
         path = self.spec.out / name / f"part-{self.spec.chunk:05d}.parquet"
         pq.write_table(table, path)
         return path
 
     def _person_id(self, local: np.ndarray | None = None) -> np.ndarray:
+        """Global person ids of local indices (all persons of the chunk by default)."""
         local = np.arange(self.n) if local is None else local
         return (self.spec.first_person + local).astype(np.int64)
 
     def _write_customers(self) -> Path:
+        """The observable customers table, keyed by the crm key."""
         signup_date = np.floor(self.spec.start_epoch + self.signup_t).astype(np.int32)
         table = pa.table(
             {
@@ -1340,6 +1408,7 @@ class _Chunk:
         return self._write_table(table, "customers")
 
     def _write_truth_customers(self) -> Path:
+        """Every person's profile and latents, keyed by person_id."""
         columns: dict[str, object] = {
             "person_id": self._person_id(),
             "crm_key": self.key_dictionary.slice(0, self.n),
@@ -1379,6 +1448,7 @@ class _Chunk:
         return self._write_table(table, "truth/customers")
 
     def _write_identity(self) -> tuple[int, Path]:
+        """Identifier -> person; the guest cards (no person) are written by chunk 0."""
         n = self.n
         roles = (
             "crm",
@@ -1426,6 +1496,7 @@ class _Chunk:
         return table.num_rows, self._write_table(table, "truth/identity")
 
     def _write_contacts(self, c: dict[str, np.ndarray], ts_us: np.ndarray, ids: pa.Array) -> Path:
+        """Truth of every sent and holdout event, in time order."""
         action = c["action"]
         table = pa.table(
             {
@@ -1608,6 +1679,7 @@ def generate_world(
 
 
 def _add(totals: dict[str, int], counts: dict[str, int]) -> None:
+    """Add a chunk's counts to the totals."""
     for k, v in counts.items():
         totals[k] += v
 
@@ -1623,6 +1695,7 @@ def _write_world_json(
     wave_time: np.ndarray,
     wave_action: np.ndarray,
 ) -> None:
+    """truth/world.json: how the world was made (seed, parameters, catalogue, schedule)."""
     begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
     waves = [
         {
@@ -1658,4 +1731,5 @@ def _write_world_json(
 
 
 def _logit(x: float) -> float:
+    """Inverse of the logistic function."""
     return math.log(x / (1.0 - x))
