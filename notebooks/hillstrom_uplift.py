@@ -88,8 +88,10 @@ def rankings(d: pd.DataFrame, treated: np.ndarray, outcome: str, seed: int):
         d.loc[tr, FEATURES], treated[tr], y[tr], d.loc[cal, FEATURES], treated[cal], y[cal]
     )
     response = CalibratedClassifier(params).fit(
-        d.loc[tr & treated, FEATURES], y[tr & treated],
-        d.loc[cal & treated, FEATURES], y[cal & treated],
+        d.loc[tr & treated, FEATURES],
+        y[tr & treated],
+        d.loc[cal & treated, FEATURES],
+        y[cal & treated],
     )
     te = d[test].reset_index(drop=True)
     scores = {
@@ -112,12 +114,19 @@ for name, arms in TREATMENTS.items():
             y = te[outcome].to_numpy()
             for model, s in scores.items():
                 rows.append(
-                    {"treatment": name, "outcome": outcome, "model": model, "seed": seed,
-                     "qini": qini_coefficient(y, t_te, s), "uplift@30%": uplift_at(y, t_te, s, 0.3)}
+                    {
+                        "treatment": name,
+                        "outcome": outcome,
+                        "model": model,
+                        "seed": seed,
+                        "qini": qini_coefficient(y, t_te, s),
+                        "uplift@30%": uplift_at(y, t_te, s, 0.3),
+                    }
                 )
 runs = pd.DataFrame(rows)
-qini = runs.pivot_table(index=["treatment", "outcome"], columns="model", values="qini",
-                        aggfunc="mean")
+qini = runs.pivot_table(
+    index=["treatment", "outcome"], columns="model", values="qini", aggfunc="mean"
+)
 (qini * 1e4).round(2)  # Qini coefficient x 10^4, mean over the splits
 
 # %% [markdown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -54,15 +56,23 @@ fs = FeatureSet(DataConfig(), FeatureConfig())
 engine = BatchEngine(fs, con, customers="customers")
 snapshot = engine.snapshot(event_time_range(con)[1])
 print(f"{len(snapshot):,} customers x {len(fs.names)} features")
-snapshot[["email_response_rate", "email_contact_count_30d", "all_purchase_days_since",
-          "monetary_mean", "online_purchase_share", "preferred_hour"]].describe().T
+snapshot[
+    [
+        "email_response_rate",
+        "email_contact_count_30d",
+        "all_purchase_days_since",
+        "monetary_mean",
+        "online_purchase_share",
+        "preferred_hour",
+    ]
+].describe().T
 
 # %%
 # engagement by channel: who opens, clicks, visits
 channels = DataConfig().channel_names
-pd.DataFrame(
-    {c: snapshot[f"{c}_engagement_decayed_90d"].describe() for c in channels}
-).T[["mean", "50%", "max"]]
+pd.DataFrame({c: snapshot[f"{c}_engagement_decayed_90d"].describe() for c in channels}).T[
+    ["mean", "50%", "max"]
+]
 
 # %% [markdown]
 # ## Two training runs with different settings
@@ -86,8 +96,14 @@ for name, params in {
 # %%
 experiment = mlflow.get_experiment_by_name("nba-purchase")
 found = mlflow.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
-cols = ["run_id", "params.num_leaves", "metrics.test_auc", "metrics.heuristic_test_auc",
-        "metrics.oracle_test_auc", "metrics.test_ece"]
+cols = [
+    "run_id",
+    "params.num_leaves",
+    "metrics.test_auc",
+    "metrics.heuristic_test_auc",
+    "metrics.oracle_test_auc",
+    "metrics.test_ece",
+]
 found[[c for c in cols if c in found.columns]]
 
 # %%
@@ -98,5 +114,7 @@ found[[c for c in cols if c in found.columns]]
 # %%
 # which bundle version serves: the registry aliases
 client = mlflow.MlflowClient()
-{alias: client.get_model_version_by_alias("nba-bundle", alias).version
- for alias in ("champion", "challenger")}
+{
+    alias: client.get_model_version_by_alias("nba-bundle", alias).version
+    for alias in ("champion", "challenger")
+}

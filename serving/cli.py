@@ -35,7 +35,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("data/demo"),
     customers: Annotated[
         int, typer.Option(min=100, help="People in the synthetic world.")
-    ] = 20_000,
+    ] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic world.")] = 0,
 ) -> None:
     """Run the whole loop on the embedded defaults: world, store, features, models."""

@@ -36,6 +36,7 @@ class ModelBundle:
     customer_features: list[str]
     trained_on: dict = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    response_choice: dict | None = None  # pooled vs per-channel log loss when measured
 
     def _response(self, frame: pd.DataFrame) -> np.ndarray:
         if self.response is None:
@@ -94,3 +95,17 @@ class BundlePyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.bundle.predict(model_input)
+
+
+class FamilyPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc face of one family's model, on the raw feature frame it was trained on."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        if hasattr(self.model, "predict_uplift"):
+            return self.model.predict_uplift(model_input)
+        if hasattr(self.model, "predict_proba"):
+            return self.model.predict_proba(model_input)
+        return self.model.predict(model_input)

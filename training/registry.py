@@ -27,15 +27,21 @@ class Tracking:
     artifact_root: Path | None
 
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: remember which values were ours so
+# that a second data directory in the same process is not mistaken for the user's server
+_EMBEDDED_URIS: set[str] = set()
+
+
 def configure_tracking(data_dir: Path) -> Tracking:
     """Point MLflow at the environment's server, or at the embedded store under DATA/mlflow."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and uri not in _EMBEDDED_URIS:
         mlflow.set_tracking_uri(uri)
         return Tracking(uri, None)
     root = Path(data_dir).resolve() / "mlflow"
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    _EMBEDDED_URIS.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return Tracking(uri, root / "artifacts")
@@ -55,7 +61,7 @@ def experiment(name: str, tracking: Tracking) -> str:
 def alias_version(alias: str, name: str = BUNDLE_MODEL_NAME) -> str | None:
     """The registered version behind an alias, or None if the alias is not set."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias).version
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 

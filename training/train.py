@@ -24,7 +24,7 @@ from features.config import DataConfig
 from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, TS, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from training import registry
-from training.bundle import BundlePyfunc, ModelBundle
+from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle
 from training.config import TrainingConfig
 from training.datasets import (
     PURCHASED,
@@ -125,13 +125,14 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
     contact_cols = [*feats, CHANNEL, ACTION_ID]
     skipped = dict(td.notes)
     response = uplift = purchase = value = None
+    response_choice = None
 
     if td.contacts is not None:
         tr, ca = td.contacts.train, td.contacts.calibration
         trt, cat = tr[tr[TREATED]], ca[ca[TREATED]]
         if _has_both_classes(trt[RESPONDED], cat[RESPONDED]):
             say("response model")
-            response = _fit_response(trt, cat, contact_cols, cfg)
+            response, response_choice = _fit_response(trt, cat, contact_cols, cfg)
         else:
             skipped["response"] = "no responses (or only responses) among the contacts"
         if _has_both_classes(tr[PURCHASED], ca[PURCHASED]) and (~tr[TREATED]).any():
@@ -186,7 +187,7 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
 
 def _fit_response(
     train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], cfg: TrainingConfig
-) -> CalibratedClassifier | dict[str, CalibratedClassifier]:
+) -> tuple[CalibratedClassifier | dict[str, CalibratedClassifier], dict | None]:
     """Pooled or per-channel response model; `auto` keeps the lower calibration log loss."""
     from sklearn.metrics import log_loss
 
@@ -208,9 +209,9 @@ def _fit_response(
         if not per_channel:
             per_channel = None
     if mode == "pooled" or per_channel is None:
-        return pooled
+        return pooled, None
     if mode == "per_channel" or pooled is None:
-        return per_channel
+        return per_channel, None
     # auto: compare uncalibrated predictions on the calibration slice (the test stays unseen)
     y = cal[RESPONDED].to_numpy(dtype=int)
     p_pooled = pooled.predict_uncalibrated(cal[cols])
@@ -221,13 +222,12 @@ def _fit_response(
     pooled_loss = log_loss(y, np.clip(p_pooled, 1e-7, 1 - 1e-7), labels=[0, 1])
     split_loss = log_loss(y, np.clip(p_split, 1e-7, 1 - 1e-7), labels=[0, 1])
     chosen = pooled if pooled_loss <= split_loss else per_channel
-    chosen_name = "pooled" if chosen is pooled else "per_channel"
-    train.attrs["response_choice"] = {
-        "pooled_log_loss": pooled_loss,
-        "per_channel_log_loss": split_loss,
-        "chosen": chosen_name,
+    choice = {
+        "pooled_log_loss": float(pooled_loss),
+        "per_channel_log_loss": float(split_loss),
+        "chosen": "pooled" if chosen is pooled else "per_channel",
     }
-    return chosen
+    return chosen, choice
 
 
 def evaluate_bundle(
@@ -283,9 +283,10 @@ def _log_family_run(
             mlflow.log_param(
                 "response_mode", "per_channel" if isinstance(model, dict) else "pooled"
             )
-            choice = split.train.attrs.get("response_choice")
-            if choice:
-                mlflow.log_metrics({k: v for k, v in choice.items() if k != "chosen"})
+            if bundle.response_choice:
+                mlflow.log_metrics(
+                    {k: v for k, v in bundle.response_choice.items() if k != "chosen"}
+                )
         mlflow.log_metrics(report.flat())
         for name, fig in report.figures.items():
             mlflow.log_figure(fig, name)
@@ -297,20 +298,13 @@ def _log_family_run(
                 f"feature_importance{suffix}.png",
             )
             mlflow.log_text("\n".join(m.feature_names), f"features{suffix}.txt")
-            example = split.test[m.feature_names if family != "uplift" else m.feature_names].head(5)
-            if family == "uplift":
-                example = split.test[[c for c in m.model_.feature_names if c != "treated"]].head(5)
-                example = example.assign(treated=1.0)
-                booster_input = m.model_.encoder_.transform(example)
-                lgbm = m.model_.model_
-            else:
-                booster_input = m.encoder_.transform(example)
-                lgbm = m.model_
-            mlflow.lightgbm.log_model(
-                lgbm,
+            rows = split.test if key == "all" else split.test[split.test[CHANNEL] == key]
+            example = rows[m.feature_names].head(5)
+            mlflow.pyfunc.log_model(
                 name=f"model{suffix}",
-                signature=infer_signature(booster_input, lgbm.predict(booster_input)),
-                input_example=booster_input,
+                python_model=FamilyPyfunc(m),
+                signature=infer_signature(example, FamilyPyfunc(m).predict(None, example)),
+                input_example=example,
             )
         return run.info.run_id
 
