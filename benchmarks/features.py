@@ -1,7 +1,7 @@
 """Batch feature engine speed against a plain DuckDB GROUP BY baseline over the same parquet.
 
-    python benchmarks/features.py --data DIR            # an existing world (ingested if needed)
-    python benchmarks/features.py --customers 1000000   # generates one first (benchmarks/synth)
+    python -m benchmarks.features --data DIR            # an existing world (ingested if needed)
+    python -m benchmarks.features --customers 1000000   # generates one first
 
 Prints: events, baseline seconds, feature-build seconds and events/second, the ratio
 feature-build / baseline (goal <= 3), peak memory (goal < 8 GB), and the time and memory of a
