@@ -45,8 +45,9 @@ class ModelConfig(Strict):
         description=(
             "One response model across channels (channel is a feature), one per channel, or "
             "`auto`: train both and keep the one with the lower log loss on the calibration "
-            "slice. Pooled won that comparison on the synthetic world (see the training notes), "
-            "and trains one model instead of one per channel."
+            "slice. On the synthetic world the two tie (calibration log loss 0.1498 pooled vs "
+            "0.1497 per channel, 8,000 customers), so the default is the pooled model: one "
+            "model to train, and it shares what channels have in common."
         ),
     )
     max_contact_rows: int = Field(

@@ -182,6 +182,7 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
         skipped={
             k: v for k, v in skipped.items() if k in ("response", "purchase", "value", "uplift")
         },
+        response_choice=response_choice,
     )
 
 
