@@ -193,28 +193,31 @@ def to_us(ts: pd.Series | pd.Timestamp | np.ndarray) -> np.ndarray | int:
     return s.astype("int64").to_numpy()
 
 
-class BatchEngine:
-    """Computes feature tables on DuckDB over the event store."""
+class FeatureEngine:
+    """The pandas face shared by the DuckDB and Spark engines: profile join and derivation.
 
-    def __init__(
-        self,
-        fs: FeatureSet,
-        con: duckdb.DuckDBPyConnection,
-        events: str = "events",
-        customers: str | None = None,
-    ):
-        self.fs = fs
-        self.con = con
-        self.events = events
-        self.customers = customers
-        self._profile: pd.DataFrame | None = None
+    Subclasses compute the base aggregates (`base_snapshot`, `base_at`) and read `profile_table`.
+    """
+
+    fs: FeatureSet
+    _profile: pd.DataFrame | None = None
+
+    def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def profile_table(self) -> pd.DataFrame | None:
+        """The customers table as a frame, or None without one."""
+        raise NotImplementedError
 
     def profile(self) -> pd.DataFrame | None:
         """Profile columns of the customers table by customer_id (read once), if there is one."""
-        if self.customers is None:
-            return None
         if self._profile is None:
-            table = self.con.sql(f"SELECT * FROM {self.customers}").df()
+            table = self.profile_table()
+            if table is None:
+                return None
             self._profile = profile_columns(table, self.fs.config.profile_columns)
         return self._profile
 
@@ -225,20 +228,6 @@ class BatchEngine:
         joined = profile.reindex(pd.Index(customer_ids, name=CUSTOMER_ID))
         joined.index = feats.index
         return pd.concat([feats, joined], axis=1)
-
-    def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Base aggregates of every customer with an event before `as_of`, keyed by customer_id."""
-        sql = base_aggregates_sql(self.fs, self.events, DUCKDB, as_of_us=to_us(as_of))
-        return self.con.sql(sql).df()
-
-    def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
-        """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""
-        self.con.register("_nba_queries", queries[[QUERY_ID, CUSTOMER_ID, AS_OF_US]])
-        try:
-            sql = base_aggregates_sql(self.fs, self.events, DUCKDB, queries="_nba_queries")
-            return self.con.sql(sql).df()
-        finally:
-            self.con.unregister("_nba_queries")
 
     def snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
         """Features of every customer active before `as_of`: customer_id, as_of, features."""
@@ -262,3 +251,39 @@ class BatchEngine:
         feats = self.fs.derive_frame(base, q[AS_OF_US].to_numpy())
         feats.index = queries.index
         return self._with_profile(feats, q[CUSTOMER_ID].to_numpy())
+
+
+class BatchEngine(FeatureEngine):
+    """Computes feature tables on DuckDB over the event store."""
+
+    def __init__(
+        self,
+        fs: FeatureSet,
+        con: duckdb.DuckDBPyConnection,
+        events: str = "events",
+        customers: str | None = None,
+    ):
+        self.fs = fs
+        self.con = con
+        self.events = events
+        self.customers = customers
+        self._profile = None
+
+    def profile_table(self) -> pd.DataFrame | None:
+        if self.customers is None:
+            return None
+        return self.con.sql(f"SELECT * FROM {self.customers}").df()
+
+    def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Base aggregates of every customer with an event before `as_of`, keyed by customer_id."""
+        sql = base_aggregates_sql(self.fs, self.events, DUCKDB, as_of_us=to_us(as_of))
+        return self.con.sql(sql).df()
+
+    def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""
+        self.con.register("_nba_queries", queries[[QUERY_ID, CUSTOMER_ID, AS_OF_US]])
+        try:
+            sql = base_aggregates_sql(self.fs, self.events, DUCKDB, queries="_nba_queries")
+            return self.con.sql(sql).df()
+        finally:
+            self.con.unregister("_nba_queries")

@@ -31,9 +31,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.batch import AS_OF, AS_OF_US, QUERY_ID, SPARK, base_aggregates_sql, to_us
+from features.batch import (
+    AS_OF,
+    AS_OF_US,
+    QUERY_ID,
+    SPARK,
+    FeatureEngine,
+    base_aggregates_sql,
+    to_us,
+)
 from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
-from features.definitions import FeatureSet, profile_columns
+from features.definitions import FeatureSet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -129,7 +137,7 @@ def load_events(spark: SparkSession, path: str | Path, view: str | None = "event
     return events
 
 
-class SparkEngine:
+class SparkEngine(FeatureEngine):
     """Computes feature tables on Spark over the event store; mirrors `BatchEngine`."""
 
     def __init__(
@@ -221,22 +229,10 @@ class SparkEngine:
 
     # --- pandas frames, shaped like BatchEngine's --------------------------------------------
 
-    def profile(self) -> pd.DataFrame | None:
-        """Profile columns of the customers table by customer_id (read once), if there is one."""
+    def profile_table(self) -> pd.DataFrame | None:
         if self.customers is None:
             return None
-        if self._profile is None:
-            table = self.spark.table(self.customers).toPandas()
-            self._profile = profile_columns(table, self.fs.config.profile_columns)
-        return self._profile
-
-    def _with_profile(self, feats: pd.DataFrame, customer_ids: np.ndarray) -> pd.DataFrame:
-        profile = self.profile()
-        if profile is None:
-            return feats
-        joined = profile.reindex(pd.Index(customer_ids, name=CUSTOMER_ID))
-        joined.index = feats.index
-        return pd.concat([feats, joined], axis=1)
+        return self.spark.table(self.customers).toPandas()
 
     def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
         """Base aggregates of every customer with an event before `as_of`, keyed by customer_id."""
@@ -267,29 +263,6 @@ class SparkEngine:
             return _numeric(self.spark.sql(sql).toPandas(), QUERY_ID)
         finally:
             self.spark.catalog.dropTempView(view)
-
-    def snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Features of every customer active before `as_of`: customer_id, as_of, features."""
-        base = self.base_snapshot(as_of).sort_values(CUSTOMER_ID, ignore_index=True)
-        as_of_us = np.full(len(base), to_us(as_of), dtype=np.int64)
-        feats = self.fs.derive_frame(base, as_of_us)
-        feats.insert(0, AS_OF, pd.Timestamp(to_us(as_of), unit="us", tz="UTC"))
-        feats.insert(0, CUSTOMER_ID, base[CUSTOMER_ID].to_numpy())
-        return self._with_profile(feats, base[CUSTOMER_ID].to_numpy())
-
-    def at(self, queries: pd.DataFrame) -> pd.DataFrame:
-        """Features at each query point; `queries` has customer_id and as_of (UTC timestamps)."""
-        q = pd.DataFrame(
-            {
-                QUERY_ID: np.arange(len(queries), dtype=np.int64),
-                CUSTOMER_ID: queries[CUSTOMER_ID].to_numpy(),
-                AS_OF_US: to_us(queries[AS_OF]),
-            }
-        )
-        base = self.base_at(q).sort_values(QUERY_ID, ignore_index=True)
-        feats = self.fs.derive_frame(base, q[AS_OF_US].to_numpy())
-        feats.index = queries.index
-        return self._with_profile(feats, q[CUSTOMER_ID].to_numpy())
 
 
 def _temp_name(what: str) -> str:

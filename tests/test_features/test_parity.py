@@ -223,7 +223,7 @@ def _replay_expecting(store: OnlineStore, events: pd.DataFrame, applied: int) ->
 @pytest.fixture(scope="module")
 def synth_world(tmp_path_factory):
     """A 300-person synthetic world, ingested: events, customers and identity as in production."""
-    synth = pytest.importorskip("features.synth")
+    from features import synth
     from features.contract import DataDir
     from features.event_store import ingest
 
