@@ -10,6 +10,7 @@ time t uses only events with ts < t. Two shapes of query:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -193,7 +194,7 @@ def to_us(ts: pd.Series | pd.Timestamp | np.ndarray) -> np.ndarray | int:
     return s.astype("int64").to_numpy()
 
 
-class FeatureEngine:
+class FeatureEngine(ABC):
     """The pandas face shared by the DuckDB and Spark engines: profile join and derivation.
 
     Subclasses compute the base aggregates (`base_snapshot`, `base_at`) and read `profile_table`.
@@ -202,15 +203,17 @@ class FeatureEngine:
     fs: FeatureSet
     _profile: pd.DataFrame | None = None
 
+    @abstractmethod
     def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
-        raise NotImplementedError
+        """Base aggregates of every customer with an event before `as_of`, keyed by customer_id."""
 
+    @abstractmethod
     def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
-        raise NotImplementedError
+        """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""
 
+    @abstractmethod
     def profile_table(self) -> pd.DataFrame | None:
         """The customers table as a frame, or None without one."""
-        raise NotImplementedError
 
     def profile(self) -> pd.DataFrame | None:
         """Profile columns of the customers table by customer_id (read once), if there is one."""
