@@ -67,20 +67,24 @@ from features.contract import (
     TS,
 )
 from features.definitions import FeatureSet, profile_columns
+from features.identity import customer_id_of
 from features.streaming import CustomerState, OutOfOrderEvent, StreamingUpdater
 
 # rejection reasons: the validation step's names where the check is the same, in its order
-MISSING_EVENT_ID = "missing_event_id"
-EMPTY_CUSTOMER_KEY = "empty_customer_key"
-MALFORMED_CUSTOMER_KEY = "malformed_customer_key"
-MALFORMED_LINK_KEY = "malformed_link_key"
-UNKNOWN_CHANNEL = "unknown_channel"
-UNKNOWN_EVENT_TYPE = "unknown_event_type"
-MISSING_TIMESTAMP = "missing_timestamp"
-UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
-FUTURE_TIMESTAMP = "future_timestamp"
-NON_NUMERIC_AMOUNT = "non_numeric_amount"
-DUPLICATE = "duplicate"
+from features.validation import (  # noqa: E402
+    DUPLICATE,
+    EMPTY_CUSTOMER_KEY,
+    FUTURE_TIMESTAMP,
+    MALFORMED_CUSTOMER_KEY,
+    MALFORMED_LINK_KEY,
+    MISSING_EVENT_ID,
+    MISSING_TIMESTAMP,
+    NON_NUMERIC_AMOUNT,
+    UNKNOWN_CHANNEL,
+    UNKNOWN_EVENT_TYPE,
+    UNPARSEABLE_TIMESTAMP,
+)
+
 OUT_OF_ORDER = "out_of_order"
 APPLY_REASONS = [
     MISSING_EVENT_ID,
@@ -137,12 +141,6 @@ _UPSERT_STATE = (
 
 class DefinitionMismatch(RuntimeError):
     """The store's state was computed with other feature definitions and cannot be reused."""
-
-
-def customer_id_of(identifier: str) -> str:
-    """customer_id of a component whose smallest identifier is `identifier`: the Python twin of
-    `features.identity.customer_id_sql`, so online and batch resolution name customers alike."""
-    return "c_" + hashlib.md5(identifier.encode("utf-8")).hexdigest()[:16]
 
 
 def definitions_fingerprint(fs: FeatureSet) -> tuple[str, str]:
