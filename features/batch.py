@@ -53,28 +53,32 @@ DUCKDB = Dialect("duckdb", "epoch_us({})")
 SPARK = Dialect("spark", "unix_micros({})")
 
 
-def _measure(b: BaseAggregate, as_of: str) -> tuple[str, str]:
-    """The level-1 column a base aggregate reduces, and its SQL."""
-    age_us = f"({as_of} - e.ts_us)"
+def _weight(b: BaseAggregate) -> str:
+    """Name of the per-row decay weight exp(-lambda * age) of a decayed aggregate's half-life."""
+    return "w_" + f"{b.param:g}".replace(".", "_")
+
+
+def _measure(b: BaseAggregate) -> tuple[str, str]:
+    """The level-1 column a base aggregate reduces, and its SQL over the prepared rows `r`."""
     if b.op == "decayed_count":
-        return f"m_dc_{b.param:g}", f"SUM(EXP(-{b.decay_rate_per_us!r} * {age_us}))"
+        return f"m_dc_{_weight(b)}", f"SUM(r.{_weight(b)})"
     if b.op == "decayed_amount":
-        return (
-            f"m_da_{b.param:g}",
-            f"SUM(COALESCE(e.amount, 0.0) * EXP(-{b.decay_rate_per_us!r} * {age_us}))",
-        )
+        return f"m_da_{_weight(b)}", f"SUM(r.amt * r.{_weight(b)})"
     if b.op == "count":
         return "m_n", "COUNT(*)"
     if b.op == "amount":
-        return "m_a", "SUM(COALESCE(e.amount, 0.0))"
+        return "m_a", "SUM(r.amt)"
     if b.op == "last":
-        return "m_last", "MAX(e.ts_us)"
+        return "m_last", "MAX(r.ts_us)"
     if b.op == "first":
-        return "m_first", "MIN(e.ts_us)"
+        return "m_first", "MIN(r.ts_us)"
     if b.op == "window_count":
         # window [as_of - w, as_of): inclusive start, exclusive end like every feature
         w_us = int(round(float(b.param) * US_PER_DAY))
-        return f"m_w_{b.param:g}", f"SUM(CASE WHEN e.ts_us >= {as_of} - {w_us} THEN 1 ELSE 0 END)"
+        return (
+            f"m_w_{b.param:g}".replace(".", "_"),
+            f"SUM(CASE WHEN r.ts_us >= r.as_of_us - {w_us} THEN 1 ELSE 0 END)",
+        )
     raise ValueError(f"unknown aggregate operation {b.op}")
 
 
@@ -139,32 +143,51 @@ def base_aggregates_sql(
 
     ctes: list[str] = []
     for gi, (dim, aggs) in enumerate(groups.items()):
-        measures: dict[str, str] = {}
-        for b in aggs:
-            name, sql = _measure(b, as_of)
-            measures[name] = sql
+        measures = dict(_measure(b) for b in aggs)
         types = sorted({t for b in aggs for t in b.event_types})
+        # decay weights once per row, shared by the count and amount aggregates of a half-life
+        weights = {
+            _weight(b): f"EXP(-{b.decay_rate_per_us!r} * ({as_of} - e.ts_us))"
+            for b in aggs
+            if b.op in ("decayed_count", "decayed_amount")
+        }
         dim_sql = _dim_expr(dim)
-        keys = [f"{key_expr} AS k", "e.channel AS channel", "e.event_type AS event_type"]
+        # a dimension group whose aggregates all share one filter needs no channel/type keys
+        by_dim_only = dim is not None and len({(b.channels, b.event_types) for b in aggs}) == 1
+        row_cols = [f"{key_expr} AS k"]
+        keys = ["r.k"]
+        if not by_dim_only:
+            row_cols += ["e.channel AS channel", "e.event_type AS event_type"]
+            keys += ["r.channel", "r.event_type"]
         if dim_sql is not None:
-            keys.append(f"{dim_sql} AS dim")
+            row_cols.append(f"{dim_sql} AS dim")
+            keys.append("r.dim")
+        row_cols += [
+            "e.ts_us AS ts_us",
+            "COALESCE(e.amount, 0.0) AS amt",
+            f"{as_of} AS as_of_us",
+            *(f"{sql} AS {name}" for name, sql in weights.items()),
+        ]
         where = [f"e.event_type IN {_in_list(types)}"]
         if queries is None:
             where.append(f"e.ts_us < {as_of}")
-        group_by = ", ".join(str(i + 1) for i in range(len(keys)))
+        rows = f"SELECT {', '.join(row_cols)} {join} WHERE {' AND '.join(where)}"
+        out_keys = [k.removeprefix("r.") for k in keys]
         ctes.append(
-            f"l1_{gi} AS (SELECT {', '.join(keys)}, "
+            f"l1_{gi} AS (SELECT {', '.join(f'{k} AS {o}' for k, o in zip(keys, out_keys, strict=True))}, "
             + ", ".join(f"{sql} AS {name}" for name, sql in measures.items())
-            + f" {join} WHERE {' AND '.join(where)} GROUP BY {group_by})"
+            + f" FROM ({rows}) r GROUP BY {', '.join(keys)})"
         )
         cols = []
         for b in aggs:
-            cond = [f"event_type IN {_in_list(b.event_types)}"]
-            if b.channels is not None:
-                cond.append(f"channel IN {_in_list(b.channels)}")
+            cond = []
+            if not by_dim_only:
+                cond.append(f"event_type IN {_in_list(b.event_types)}")
+                if b.channels is not None:
+                    cond.append(f"channel IN {_in_list(b.channels)}")
             if dim is not None:
                 cond.append(f"dim = {_quote(b.dim_value)}")
-            mname, _ = _measure(b, as_of)
+            mname, _ = _measure(b)
             cols.append(
                 f"{_REDUCER[b.op]}(CASE WHEN {' AND '.join(cond)} THEN {mname} END) AS {b.name}"
             )
@@ -173,11 +196,13 @@ def base_aggregates_sql(
     if queries is not None:
         keys_cte = f"keys AS (SELECT {QUERY_ID} AS k FROM {queries})"
     else:
+        # every customer with an event before as_of has a row in some group (all types are used)
         keys_cte = (
-            f"keys AS (SELECT DISTINCT {CUSTOMER_ID} AS k FROM {events} "
-            f"WHERE {dialect.epoch_us(TS)} < {as_of})"
+            "keys AS ("
+            + " UNION ".join(f"SELECT k FROM l2_{gi}" for gi in range(len(groups)))
+            + ")"
         )
-    ctes.insert(0, keys_cte)
+    ctes.append(keys_cte)
     select_cols = ", ".join(
         f"l2_{gi}.{b.name}" for gi, aggs in enumerate(groups.values()) for b in aggs
     )
