@@ -18,11 +18,11 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.peak_memory import PeakMemory
+from benchmarks.world import prepared_world
 from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import DataDir
 from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store, store_is_current
+from features.event_store import open_store
 from training.config import LabelConfig
 from training.datasets import data_end, snapshot_times, snapshot_training_set
 
@@ -40,19 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of N for the timed queries")
     args = parser.parse_args()
 
-    data = args.data
-    if data is None:
-        from features.synth import generate_world
-
-        data = Path(tempfile.mkdtemp(prefix="nba-bench-")) / "world"
-        print(f"generating {args.customers:,} customers into {data}")
-        generate_world(data, customers=args.customers, seed=args.seed, progress=True)
-    data_dir = DataDir(data)
-    if not store_is_current(data_dir):
-        t0 = time.perf_counter()
-        ingest(data_dir, DataConfig())
-        print(f"ingest: {time.perf_counter() - t0:.1f} s")
-
+    data_dir = prepared_world(args.data, args.customers, args.seed)
     con = open_store(data_dir)
     events_path = data_dir.store / "events.parquet"
     n_events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]

@@ -11,15 +11,14 @@ model phases (fit, calibration, evaluation, MLflow) for 1M rows under 3 minutes 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.peak_memory import PeakMemory
+from benchmarks.world import prepared_world
 from features.config import DataConfig
-from features.contract import DataDir
 from features.definitions import FeatureConfig
-from features.event_store import ingest, open_store, store_is_current
+from features.event_store import open_store
 from training.config import TrainingConfig
 from training.train import train
 
@@ -35,16 +34,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="most recent contacts used")
     args = parser.parse_args()
 
-    data = args.data
-    if data is None:
-        from features.synth import generate_world
-
-        data = Path(tempfile.mkdtemp(prefix="nba-bench-")) / "world"
-        print(f"generating {args.customers:,} customers into {data}")
-        generate_world(data, customers=args.customers, seed=0, progress=True)
-    data_dir = DataDir(data)
-    if not store_is_current(data_dir):
-        ingest(data_dir, DataConfig())
+    data_dir = prepared_world(args.data, args.customers, 0)
     con = open_store(data_dir)
     cfg = TrainingConfig.model_validate({"models": {"max_contact_rows": args.rows}})
 
