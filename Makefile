@@ -22,10 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest --nbmake tests notebooks
+	$(BIN)/pytest --nbmake --nbmake-timeout=1800 tests notebooks
 
 test-all: install
-	$(BIN)/pytest --nbmake -m "slow or not slow" tests notebooks
+	$(BIN)/pytest --nbmake --nbmake-timeout=1800 -m "slow or not slow" tests notebooks
 
 lint: install
 	$(BIN)/ruff check .
