@@ -168,19 +168,8 @@ def _base_aggregates(data: DataConfig, cfg: FeatureConfig) -> list[BaseAggregate
         c = (ch.name,)
         if ch.outbound:
             response = (ch.response,) if ch.response else engage
-            for h in hls:
-                out.append(
-                    BaseAggregate(
-                        f"{ch.name}_contact_decayed_{tag(h)}", contact, "decayed_count", c, h
-                    )
-                )
-                out.append(
-                    BaseAggregate(
-                        f"{ch.name}_response_decayed_{tag(h)}", response, "decayed_count", c, h
-                    )
-                )
-            if cfg.rate_half_life_days not in hls:
-                h = cfg.rate_half_life_days
+            # the response rate's half-life joins the others if it is not one of them
+            for h in dict.fromkeys([*hls, cfg.rate_half_life_days]):
                 out.append(
                     BaseAggregate(
                         f"{ch.name}_contact_decayed_{tag(h)}", contact, "decayed_count", c, h
