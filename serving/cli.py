@@ -5,6 +5,7 @@ It lives in `serving` because serving is the one package allowed to import the o
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,166 @@ app.command("features")(features_cli.features)
 app.command("training-set")(training_cli.training_set)
 app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
+
+
+def _policy_inputs(data: Path, config: Path | None, alias: str):
+    """Configuration, the event store, the feature engine and the policy over bundle `alias`."""
+    from features.batch import BatchEngine
+    from features.config import load_data_config, load_section
+    from features.definitions import FeatureConfig, FeatureSet
+    from serving.config import load_policy_config
+    from serving.policy import load_policy
+
+    data_cfg = load_data_config(config)
+    fs = FeatureSet(data_cfg, load_section(config, "features", FeatureConfig))
+    con = features_cli._open_current_store(data, config)
+    engine = BatchEngine(fs, con, customers="customers")
+    policy = load_policy(data, load_policy_config(config), data_cfg, alias=alias)
+    return con, engine, policy
+
+
+def _resolve_customer(con, key: str) -> str:
+    """A customer_id from a customer_id or any of the customer's identifiers (`type:value`)."""
+    found = con.execute(
+        "SELECT DISTINCT customer_id FROM identity WHERE identifier = ? OR customer_id = ?",
+        [key, key],
+    ).fetchall()
+    if not found:
+        raise typer.BadParameter(
+            f"{key!r} is neither a customer_id nor a known identifier (type:value)",
+            param_hint="--customer",
+        )
+    return found[0][0]
+
+
+def _print_one(decisions, console) -> None:
+    from rich.table import Table
+
+    row = decisions.table.iloc[0]
+    console.print(
+        f"customer [bold]{row['customer_id']}[/bold] at {row['as_of']}: "
+        f"[bold green]{row['action_id']}[/bold green]"
+        + (f" on {row['channel']} at {int(row['send_hour']):02d}:00 UTC" if row["channel"] else "")
+        + f"  (decision {row['decision_id']}, models v{row['model_version']}, "
+        f"{row['policy_version']})"
+    )
+    table = Table(title="candidates, best first (expected incremental profit)")
+    for col in (
+        "action",
+        "score",
+        "P(resp)",
+        "P(buy|contact)",
+        "P(buy|none)",
+        "value",
+        "margin",
+        "cost",
+        "blocked by",
+    ):
+        table.add_column(
+            col,
+            justify="left" if col in ("action", "blocked by") else "right",
+            no_wrap=col == "action",
+        )
+    for _, c in decisions.ranked(0).iterrows():
+
+        def f(v, fmt):
+            return "" if v != v or v in (float("inf"), float("-inf")) else format(v, fmt)
+
+        table.add_row(
+            c["action_id"],
+            f(c["score"], ".4f"),
+            f(c["p_response"], ".4f"),
+            f(c["p_purchase_treated"], ".4f"),
+            f(c["p_purchase_control"], ".4f"),
+            f(c["value"], ".1f"),
+            f(c["margin"], ".2f"),
+            f(c["cost"], ".3f"),
+            c["blocked_by"],
+        )
+    console.print(table)
+    reasons = [row[c] for c in row.index if c.startswith("reason_") and row[c]]
+    console.print("reasons: " + ("; ".join(reasons) if reasons else "none"))
+
+
+def _print_summary(table, console, show: int) -> None:
+    from rich.table import Table
+
+    acted = table[table["action_id"] != "do_nothing"]
+    counts = table["action_id"].value_counts()
+    summary = Table(title=f"{len(table):,} decisions")
+    for col in ("action", "customers", "share", "mean score", "total expected profit"):
+        summary.add_column(col, justify="left" if col == "action" else "right")
+    for action, n in counts.items():
+        sc = table.loc[table["action_id"] == action, "score"]
+        summary.add_row(
+            str(action), f"{n:,}", f"{n / len(table):.1%}", f"{sc.mean():.4f}", f"{sc.sum():,.2f}"
+        )
+    console.print(summary)
+    for _, row in acted.sort_values("score", ascending=False).head(show).iterrows():
+        reasons = "; ".join(row[c] for c in row.index if c.startswith("reason_") and row[c])
+        console.print(
+            f"  {row['customer_id']}: [green]{row['action_id']}[/green] at "
+            f"{int(row['send_hour']):02d}:00, expected +{row['score']:.3f} — {reasons}"
+        )
+
+
+@app.command("decide")
+def decide(
+    data: features_cli.DataOption,
+    customer: Annotated[
+        str | None,
+        typer.Option(help="One customer (customer_id or an identifier such as email:...)."),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", help="Decision time (UTC); default: just after the last event."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file of the decisions; default DATA/decisions.parquet."),
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias of the model bundle.")] = "champion",
+    log: Annotated[
+        bool,
+        typer.Option(
+            "--log",
+            help="Record the decisions as sent/holdout events in DATA/events (the closed loop) "
+            "and their full record in DATA/decisions/.",
+        ),
+    ] = False,
+    show: Annotated[int, typer.Option(min=0, help="Decisions to print with reasons.")] = 5,
+    config: features_cli.ConfigOption = None,
+) -> None:
+    """Next best action for one customer (printed) or for every customer (a parquet file)."""
+    import pandas as pd
+
+    from features.batch import AS_OF
+    from features.contract import CUSTOMER_ID, DataDir
+    from serving.decision_log import write_decision_log
+    from training.datasets import data_end
+
+    console = features_cli.console
+    con, engine, policy = _policy_inputs(data, config, alias)
+    t = data_end(con) if as_of is None else pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    if customer is not None:
+        cid = _resolve_customer(con, customer)
+        query = pd.DataFrame({CUSTOMER_ID: [cid], AS_OF: [t]})
+        feats = pd.concat([query, engine.at(query)], axis=1)
+        decisions = policy.decide(feats, immediate=True)  # as a real-time request would
+        _print_one(decisions, console)
+    else:
+        with console.status(f"features of every customer as of {t}"):
+            feats = engine.snapshot(t)
+        with console.status(f"deciding for {len(feats):,} customers"):
+            decisions = policy.decide(feats)
+        target = out or data / "decisions.parquet"
+        decisions.table.to_parquet(target, index=False)
+        _print_summary(decisions.table, console, show)
+        console.print(f"[green]wrote[/green] {target}")
+    if log:
+        events, record = write_decision_log(decisions.table, DataDir(data), con)
+        console.print(f"[green]logged[/green] {events} and {record} (ingest to learn from them)")
 
 
 @app.command("demo")

@@ -1,0 +1,134 @@
+"""The `policy` section of the configuration file: contact rules, scoring, exploration.
+
+Every default is documented here; a YAML file overrides any part of it. The action catalogue is a
+file of its own (`serving/catalogue.yaml` by default, `policy.catalogue` to point elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from features.config import Strict, load_section
+
+
+class Cap(Strict):
+    """At most `max_contacts` contacts in the trailing `window_days` (on one channel, or all)."""
+
+    channel: str | None = Field(default=None, description="Channel, or None for all channels.")
+    max_contacts: int = Field(ge=0)
+    window_days: int = Field(
+        gt=0, description="Must be one of `features.fatigue_windows_days` (exact counts)."
+    )
+
+
+class QuietHours(Strict):
+    """Hours of the customer's day when real-time channels (ChannelConfig.realtime) stay silent."""
+
+    start_hour: int = Field(default=21, ge=0, le=23, description="First quiet hour.")
+    end_hour: int = Field(default=8, ge=0, le=23, description="First hour that is not quiet.")
+    utc_offset_hours: float = Field(
+        default=0.0, description="Offset of the customers' local time from UTC."
+    )
+
+    def is_quiet(self, local_hour: np.ndarray) -> np.ndarray:
+        """Per (fractional) local hour: inside the quiet span."""
+        h = np.floor(np.asarray(local_hour, dtype=float)) % 24
+        if self.start_hour <= self.end_hour:
+            return (h >= self.start_hour) & (h < self.end_hour)
+        return (h >= self.start_hour) | (h < self.end_hour)  # the quiet span crosses midnight
+
+
+class ContactPolicy(Strict):
+    """Hard rules no decision may break, whatever its score."""
+
+    caps: list[Cap] = Field(
+        default=[
+            Cap(channel="email", max_contacts=2, window_days=7),
+            Cap(channel="sms", max_contacts=1, window_days=7),
+            Cap(channel="push", max_contacts=3, window_days=7),
+            Cap(channel="direct_mail", max_contacts=1, window_days=30),
+            Cap(channel="call_centre", max_contacts=1, window_days=30),
+            Cap(channel=None, max_contacts=4, window_days=7),
+        ],
+        description="Contact caps per channel and overall; a decision counts as one more contact.",
+    )
+    cooldown_days: float = Field(
+        default=14.0,
+        ge=0,
+        description="No contact on any channel for this many days after an unsubscribe or complaint.",
+    )
+    quiet_hours: QuietHours = Field(default_factory=QuietHours)
+    require_consent: bool = Field(
+        default=True,
+        description="Only customers with consent on the channel at decision time (always on in "
+        "production; off only to measure what consent costs).",
+    )
+
+
+class Exploration(Strict):
+    """How decisions explore, and the randomized control kept for measuring uplift."""
+
+    mode: Literal["none", "epsilon_greedy", "softmax"] = Field(
+        default="none",
+        description="`epsilon_greedy`: with probability epsilon a uniform pick among the eligible "
+        "candidates (do-nothing included); `softmax`: pick with probability proportional to "
+        "exp(score / temperature).",
+    )
+    epsilon: float = Field(default=0.05, ge=0, le=1)
+    temperature: float = Field(
+        default=1.0, gt=0, description="Softmax temperature in the score's unit (money)."
+    )
+    holdout_share: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="Share of chosen contacts logged as `holdout` and not sent: the randomized "
+        "control the next uplift model learns from.",
+    )
+    seed: int | None = Field(default=None, description="Random seed; None draws from the OS.")
+
+
+class PolicyConfig(Strict):
+    """The decision policy: which actions, under which rules, scored how."""
+
+    catalogue: Path | None = Field(
+        default=None, description="Action catalogue YAML; the packaged default if omitted."
+    )
+    scoring: Literal["uplift", "response"] = Field(
+        default="uplift",
+        description="`uplift`: lever x (P(buy | contact) - P(buy | no contact)) x value x margin - "
+        "cost; `response`: lever x P(response) x value x margin - cost, the classic ranking, kept "
+        "to compare against.",
+    )
+    contact_policy: ContactPolicy = Field(default_factory=ContactPolicy)
+    exploration: Exploration = Field(default_factory=Exploration)
+    default_send_hour: dict[str, int] = Field(
+        default={"email": 9, "sms": 12, "push": 18, "direct_mail": 10, "call_centre": 11},
+        description="Send hour per channel for customers whose engagement hours are unknown.",
+    )
+    reasons: int = Field(default=3, ge=0, le=10, description="Reasons given per decision.")
+
+    @model_validator(mode="after")
+    def _unique_caps(self) -> PolicyConfig:
+        seen = set()
+        for cap in self.contact_policy.caps:
+            key = (cap.channel, cap.window_days)
+            if key in seen:
+                raise ValueError(f"policy.contact_policy.caps: two caps for {key}")
+            seen.add(key)
+        return self
+
+    def fingerprint(self, catalogue_text: str) -> str:
+        """Policy version: a short hash of this configuration and the catalogue it runs."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True) + catalogue_text
+        return "policy-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def load_policy_config(path: Path | None = None) -> PolicyConfig:
+    return load_section(path, "policy", PolicyConfig)

@@ -1,0 +1,155 @@
+"""Hard rules, never broken: consent, contact caps, cool-down, quiet hours, eligibility, dates.
+
+Vectorised over customers x actions. The inputs are the point-in-time features at decision time
+(consent state, exact contact counts in the cap windows, days since the last opt-out), so the
+batch path and the online store apply the same rules to the same numbers. A decision is one more
+contact, so a cap of k allows a contact only while the window holds fewer than k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.config import DataConfig
+from serving.catalogue import Catalogue
+from serving.config import Cap, ContactPolicy
+
+# why an action is not allowed, in the order the rules are checked (the first one is reported)
+NOT_LIVE = "action not live on the decision date"
+NO_CONSENT = "no consent on the channel"
+COOLDOWN = "cool-down after an unsubscribe or complaint"
+QUIET = "quiet hours on a real-time channel"
+
+
+def cap_column(cap: Cap) -> str:
+    """The feature holding the exact contact count a cap is checked on."""
+    return f"{cap.channel or 'all'}_contact_count_{cap.window_days}d"
+
+
+def cap_reason(cap: Cap) -> str:
+    where = f"{cap.channel} contacts" if cap.channel else "contacts on all channels"
+    return f"cap: {cap.max_contacts} {where} in {cap.window_days} days reached"
+
+
+def consent_column(channel: str) -> str:
+    return f"{channel}_consent"
+
+
+COOLDOWN_COLUMN = "all_negative_days_since"
+
+
+def required_columns(catalogue: Catalogue, policy: ContactPolicy) -> list[str]:
+    cols = {COOLDOWN_COLUMN}
+    cols |= {cap_column(c) for c in policy.caps}
+    if policy.require_consent:
+        cols |= {consent_column(a.channel) for a in catalogue.actions}
+    cols |= {r.feature for a in catalogue.actions for r in a.rules}
+    return sorted(cols)
+
+
+def check_columns(frame_columns: list[str], catalogue: Catalogue, policy: ContactPolicy) -> None:
+    """Fail loudly if the features lack what a rule needs (e.g. a cap window not computed)."""
+    missing = [c for c in required_columns(catalogue, policy) if c not in set(frame_columns)]
+    if missing:
+        raise ValueError(
+            f"the contact policy needs feature columns {missing}; a cap's window_days must be "
+            "one of features.fatigue_windows_days, and consent needs an outbound channel"
+        )
+
+
+@dataclass
+class Eligibility:
+    """allowed[i, a]: action a may be taken for customer i; blocked[i, a]: why not ('' if allowed)."""
+
+    allowed: np.ndarray
+    blocked: np.ndarray
+
+
+def local_hour(as_of: pd.Timestamp | pd.Series, n: int, offset_hours: float) -> np.ndarray:
+    """Fractional hour of the customers' local day at UTC time(s) `as_of`, one per customer."""
+    ts = pd.to_datetime(as_of, utc=True)
+    if isinstance(ts, pd.Timestamp):
+        return np.full(n, (ts.hour + ts.minute / 60 + offset_hours) % 24)
+    return ((ts.dt.hour + ts.dt.minute / 60).to_numpy() + offset_hours) % 24
+
+
+def _live(action_live_on, as_of: pd.Timestamp | pd.Series, n: int) -> np.ndarray:
+    ts = pd.to_datetime(as_of, utc=True)
+    if isinstance(ts, pd.Timestamp):
+        return np.full(n, action_live_on(ts.date()))
+    return ts.dt.date.map(action_live_on).to_numpy(dtype=bool)
+
+
+def eligibility(
+    features: pd.DataFrame,
+    as_of: pd.Timestamp | pd.Series,
+    catalogue: Catalogue,
+    policy: ContactPolicy,
+    data: DataConfig,
+    immediate: bool,
+) -> Eligibility:
+    """Which actions each customer may receive at `as_of`, and the first rule that forbids the rest.
+
+    `immediate`: the contact goes out now (a real-time request), so quiet hours apply to real-time
+    channels; a batch campaign instead schedules the send outside them (see `send_hours`).
+    """
+    check_columns(list(features.columns), catalogue, policy)
+    n, k = len(features), len(catalogue.actions)
+    realtime = {c.name for c in data.channels if c.realtime}
+    quiet = policy.quiet_hours.is_quiet(local_hour(as_of, n, policy.quiet_hours.utc_offset_hours))
+    with np.errstate(invalid="ignore"):  # NaN days since (never opted out) is not cooling down
+        cooling = features[COOLDOWN_COLUMN].to_numpy(dtype=float) < policy.cooldown_days
+
+    allowed = np.empty((n, k), dtype=bool)
+    blocked = np.empty((n, k), dtype=object)
+    for j, action in enumerate(catalogue.actions):
+        checks = [(~_live(action.live_on, as_of, n), NOT_LIVE)]
+        if policy.require_consent:
+            consent = features[consent_column(action.channel)].to_numpy(dtype=float)
+            checks.append((~(consent > 0.5), NO_CONSENT))
+        checks.append((cooling, COOLDOWN))
+        if immediate and action.channel in realtime:
+            checks.append((quiet, QUIET))
+        for cap in policy.caps:
+            if cap.channel in (None, action.channel):
+                count = np.nan_to_num(features[cap_column(cap)].to_numpy(dtype=float), nan=0.0)
+                checks.append((count + 1 > cap.max_contacts, cap_reason(cap)))
+        checks += [(~rule.evaluate(features), f"rule: {rule.text}") for rule in action.rules]
+        masks = [np.asarray(m, dtype=bool) for m, _ in checks]
+        allowed[:, j] = ~np.logical_or.reduce(masks)
+        blocked[:, j] = np.select(masks, [r for _, r in checks], default="")  # first that fails
+    return Eligibility(allowed, blocked)
+
+
+def send_hours(
+    features: pd.DataFrame,
+    channels: list[str],
+    default_hour: dict[str, int],
+    policy: ContactPolicy,
+    data: DataConfig,
+) -> np.ndarray:
+    """Recommended send hour (UTC, 0-23) per customer x channel.
+
+    The customer's most frequent hour of engagement if known, else the channel's default; on a
+    real-time channel an hour inside the quiet hours moves to the first hour after them.
+    """
+    preferred = (
+        features["preferred_hour"].to_numpy(dtype=float)
+        if "preferred_hour" in features
+        else np.full(len(features), np.nan)
+    )
+    realtime = {c.name for c in data.channels if c.realtime}
+    qh = policy.quiet_hours
+    out = np.empty((len(features), len(channels)), dtype=np.int64)
+    for j, channel in enumerate(channels):
+        hour = np.where(np.isnan(preferred), default_hour.get(channel, 10), preferred)
+        hour = hour.astype(np.int64) % 24
+        if channel in realtime:
+            quiet = qh.is_quiet(hour + qh.utc_offset_hours)
+            moved = int(round(qh.end_hour - qh.utc_offset_hours)) % 24
+            hour = np.where(quiet, moved, hour)
+        out[:, j] = hour
+    return out

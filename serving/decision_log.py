@@ -1,0 +1,103 @@
+"""The closed loop: decisions written back as `sent`/`holdout` events, with their full record.
+
+Two files per run: `events/decisions-<run>.parquet`, contract events the next `nba ingest` picks
+up (event_id = decision id, so logging the same run twice is one set of events), and
+`decisions/<run>.parquet`, every decision (do-nothing included) with its scores, propensities,
+reasons and model and policy versions, which off-policy evaluation reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.batch import AS_OF
+from features.contract import (
+    ACTION_ID,
+    AMOUNT,
+    CATEGORY,
+    CHANNEL,
+    CUSTOMER_ID,
+    CUSTOMER_KEY,
+    EVENT_ID,
+    EVENT_SCHEMA,
+    EVENT_TYPE,
+    LINK_KEY,
+    PROPENSITY,
+    TS,
+    DataDir,
+)
+
+DECISIONS_DIR = "decisions"
+
+
+def canonical_keys(con: duckdb.DuckDBPyConnection, customer_ids: pd.Series) -> pd.Series:
+    """One identifier per customer: the smallest, the one identity resolution names it by."""
+    con.register("_nba_ids", pd.DataFrame({CUSTOMER_ID: customer_ids.unique()}))
+    try:
+        keys = con.sql(
+            f"SELECT i.{CUSTOMER_ID}, min(i.identifier) AS {CUSTOMER_KEY} "
+            f"FROM identity i JOIN _nba_ids q USING ({CUSTOMER_ID}) GROUP BY ALL"
+        ).df()
+    finally:
+        con.unregister("_nba_ids")
+    return customer_ids.map(keys.set_index(CUSTOMER_ID)[CUSTOMER_KEY])
+
+
+def send_times(as_of: pd.Series, send_hour: pd.Series) -> pd.Series:
+    """The first time at `send_hour` (UTC) at or after the decision time."""
+    as_of = pd.to_datetime(as_of, utc=True)
+    at_hour = as_of.dt.floor("D") + pd.to_timedelta(send_hour.clip(lower=0), unit="h")
+    return at_hour.where(at_hour >= as_of, at_hour + pd.Timedelta(days=1))
+
+
+def decision_events(table: pd.DataFrame, keys: pd.Series) -> pd.DataFrame:
+    """Contract events for the decisions that chose an action (sent or held out)."""
+    acted = table["logged_as"].isin(["sent", "holdout"]).to_numpy()
+    rows = table[acted]
+    missing = keys[acted].isna().to_numpy()
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} decisions name customers without an identifier in the store, "
+            f"e.g. {rows[CUSTOMER_ID].iloc[int(np.argmax(missing))]}"
+        )
+    n = len(rows)
+    return pd.DataFrame(
+        {
+            EVENT_ID: rows["decision_id"].to_numpy(),
+            TS: send_times(rows[AS_OF], rows["send_hour"]).to_numpy(),
+            CUSTOMER_KEY: keys[acted].to_numpy(),
+            LINK_KEY: pd.Series([None] * n, dtype="string").to_numpy(),
+            CHANNEL: rows["channel"].to_numpy(),
+            EVENT_TYPE: rows["logged_as"].to_numpy(),
+            ACTION_ID: rows["action_id"].to_numpy(),
+            AMOUNT: np.full(n, np.nan),
+            CATEGORY: pd.Series([None] * n, dtype="string").to_numpy(),
+            PROPENSITY: rows["logged_propensity"].to_numpy(),
+        }
+    )
+
+
+def write_decision_log(
+    table: pd.DataFrame, data_dir: DataDir, con: duckdb.DuckDBPyConnection
+) -> tuple[Path, Path]:
+    """Write a run's events (for the next ingest) and its full decision record."""
+    run = str(table["decision_id"].iloc[0]).rsplit("-", 1)[0]
+    keys = canonical_keys(con, table[CUSTOMER_ID])
+    events = decision_events(table, keys)
+    events_dir = data_dir.root / "events"  # read beside a single events file too
+    events_dir.mkdir(parents=True, exist_ok=True)
+    events_path = events_dir / f"decisions-{run}.parquet"
+    pq.write_table(
+        pa.Table.from_pandas(events, schema=EVENT_SCHEMA, preserve_index=False), events_path
+    )
+    record_dir = data_dir.root / DECISIONS_DIR
+    record_dir.mkdir(parents=True, exist_ok=True)
+    record_path = record_dir / f"{run}.parquet"
+    table.to_parquet(record_path, index=False)
+    return events_path, record_path

@@ -1,0 +1,274 @@
+"""The decision policy: one implementation for real-time requests and batch campaigns.
+
+decide(features) = hard rules (contact_policy) -> scores (arbitration) -> choice (exploration)
+-> capacity (batch) -> randomized holdout -> send hour and reasons. Vectorised over customers;
+every decision carries its id, the probability it was chosen with, and the model and policy
+versions, so it can be logged as a `sent`/`holdout` event and learned from (the closed loop).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.batch import AS_OF
+from features.config import DataConfig
+from features.contract import CUSTOMER_ID
+from serving.arbitration import ScoredActions, score_actions
+from serving.catalogue import NOTHING, Catalogue, load_catalogue
+from serving.config import PolicyConfig
+from serving.contact_policy import Eligibility, eligibility, send_hours
+from serving.exploration import choice_probabilities, sample, with_nothing
+from serving.reasons import FeatureWords, explain
+from training.bundle import ModelBundle
+
+CAPACITY = "capacity of the run reached"
+SENT, HOLDOUT = "sent", "holdout"
+
+
+@dataclass
+class Decisions:
+    """One row per customer (`table`), plus every candidate's components for inspection."""
+
+    table: pd.DataFrame
+    scored: ScoredActions
+    eligibility: Eligibility
+    probabilities: np.ndarray  # customers x [nothing, *actions]
+
+    def ranked(self, i: int) -> pd.DataFrame:
+        """Every candidate of customer i, best first: score, components, or why it was blocked."""
+        s = self.scored
+        rows = pd.DataFrame(
+            {
+                "action_id": [NOTHING, *s.action_ids],
+                "channel": ["", *s.channels],
+                "score": with_nothing(s.score[i : i + 1])[0],
+                "probability": self.probabilities[i],
+                "p_response": [np.nan, *s.p_response[i]],
+                "p_purchase_treated": [np.nan, *s.p_treated[i]],
+                "p_purchase_control": [np.nan, *s.p_control[i]],
+                "uplift": [np.nan, *s.uplift[i]],
+                "value": [np.nan, *s.value[i]],
+                "margin": [np.nan, *s.margin],
+                "cost": [0.0, *s.cost],
+                "lever": [np.nan, *s.lever],
+                "blocked_by": ["", *self.eligibility.blocked[i]],
+            }
+        )
+        return rows.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+class DecisionPolicy:
+    """A model bundle, an action catalogue and the contact policy, versioned together."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        model_version: str,
+        cfg: PolicyConfig,
+        data: DataConfig,
+        catalogue: Catalogue | None = None,
+        catalogue_text: str = "",
+    ) -> None:
+        if catalogue is None:
+            catalogue, catalogue_text = load_catalogue(cfg.catalogue)
+        self.bundle = bundle
+        self.model_version = str(model_version)
+        self.cfg = cfg
+        self.data = data
+        self.catalogue = catalogue
+        self.version = cfg.fingerprint(catalogue_text)
+        self.words = FeatureWords(data)
+
+    def decide(
+        self,
+        features: pd.DataFrame,
+        as_of: pd.Timestamp | pd.Series | None = None,
+        immediate: bool = False,
+        reasons: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> Decisions:
+        """Decide for every row of `features` (customer_id, as_of, feature columns).
+
+        `immediate`: a real-time request (quiet hours apply now); otherwise a batch run, where
+        actions' `max_per_run` capacities apply and send hours avoid quiet hours.
+        """
+        if rng is None:
+            rng = np.random.default_rng(self.cfg.exploration.seed)
+        if as_of is None:
+            as_of = features[AS_OF]
+        self.catalogue.check_against(self.data, list(features.columns))
+        features = features.reset_index(drop=True)
+        if isinstance(as_of, pd.Series):
+            as_of = as_of.reset_index(drop=True)
+        el = eligibility(
+            features, as_of, self.catalogue, self.cfg.contact_policy, self.data, immediate
+        )
+        scored = score_actions(self.bundle, features, self.catalogue, el.allowed, self.cfg.scoring)
+        probs = choice_probabilities(scored.score, self.cfg.exploration)
+        picked = sample(probs, rng)
+        if not immediate:
+            picked, probs = self._apply_capacity(scored, el, picked, probs, rng)
+        table = self._table(features, as_of, scored, probs, picked, rng)
+        if reasons and self.cfg.reasons:
+            self._add_reasons(table, features)
+        return Decisions(table, scored, el, probs)
+
+    def _apply_capacity(
+        self,
+        scored: ScoredActions,
+        el: Eligibility,
+        picked: np.ndarray,
+        probs: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Keep each action's best-scoring takers up to its capacity; the rest choose again."""
+        for _ in range(len(self.catalogue.actions)):
+            over = False
+            for j, action in enumerate(self.catalogue.actions):
+                if action.max_per_run is None:
+                    continue
+                takers = np.flatnonzero(picked == j + 1)
+                if len(takers) <= action.max_per_run:
+                    continue
+                over = True
+                by_score = takers[np.argsort(-scored.score[takers, j], kind="stable")]
+                refused = by_score[action.max_per_run :]
+                scored.score[refused, j] = -np.inf
+                el.allowed[refused, j] = False
+                el.blocked[refused, j] = CAPACITY
+                # full capacity: nobody else may take it either
+                others = np.setdiff1d(
+                    np.flatnonzero(el.allowed[:, j]), by_score[: action.max_per_run]
+                )
+                scored.score[others, j] = -np.inf
+                el.allowed[others, j] = False
+                el.blocked[others, j] = CAPACITY
+                probs[refused] = choice_probabilities(scored.score[refused], self.cfg.exploration)
+                picked[refused] = sample(probs[refused], rng)
+            if not over:
+                break
+        return picked, probs
+
+    def _table(
+        self,
+        features: pd.DataFrame,
+        as_of: pd.Timestamp | pd.Series,
+        s: ScoredActions,
+        probs: np.ndarray,
+        picked: np.ndarray,
+        rng: np.random.Generator,
+    ) -> pd.DataFrame:
+        n = len(features)
+        rows = np.arange(n)
+        acted = picked > 0
+        j = np.where(acted, picked - 1, 0)
+        ids = np.array([NOTHING, *s.action_ids], dtype=object)
+        channels = np.array(["", *s.channels], dtype=object)
+
+        def at(matrix: np.ndarray) -> np.ndarray:
+            return np.where(acted, matrix[rows, j], np.nan)
+
+        holdout = acted & (rng.random(n) < self.cfg.exploration.holdout_share)
+        p = probs[rows, picked]
+        h = self.cfg.exploration.holdout_share
+        hours = send_hours(
+            features,
+            s.channels,
+            self.cfg.default_send_hour,
+            self.cfg.contact_policy,
+            self.data,
+        )
+        second = np.argsort(-with_nothing(s.score), axis=1, kind="stable")[:, 1]
+        run = uuid.uuid4().hex[:12]
+        as_of_col = (
+            pd.Series(pd.to_datetime(as_of, utc=True)).reset_index(drop=True)
+            if isinstance(as_of, pd.Series)
+            else pd.Series([pd.to_datetime(as_of, utc=True)] * n)
+        )
+        return pd.DataFrame(
+            {
+                "decision_id": [f"d-{run}-{i:08d}" for i in range(n)],
+                CUSTOMER_ID: features[CUSTOMER_ID].to_numpy(),
+                AS_OF: as_of_col.to_numpy(),
+                "action_id": ids[picked],
+                "channel": channels[picked],
+                "score": np.where(acted, s.score[rows, j], 0.0),
+                "p_response": at(s.p_response),
+                "p_purchase_treated": at(s.p_treated),
+                "p_purchase_control": at(s.p_control),
+                "uplift": at(s.uplift),
+                "value": at(s.value),
+                "margin": np.where(acted, s.margin[j], np.nan),
+                "cost": np.where(acted, s.cost[j], 0.0),
+                "lever": np.where(acted, s.lever[j], np.nan),
+                "send_hour": np.where(acted, hours[rows, j], -1),
+                "propensity": p,
+                "logged_as": np.where(acted, np.where(holdout, HOLDOUT, SENT), ""),
+                "logged_propensity": np.where(holdout, p * h, np.where(acted, p * (1 - h), p)),
+                "runner_up": ids[second],
+                "runner_up_score": with_nothing(s.score)[rows, second],
+                "eligible_actions": np.isfinite(s.score).sum(axis=1),
+                "scoring": self.cfg.scoring,
+                "model_version": self.model_version,
+                "policy_version": self.version,
+            }
+        )
+
+    def _add_reasons(self, table: pd.DataFrame, features: pd.DataFrame) -> None:
+        """reason_1..k for each decision: the deciding model's top contributions, or why nothing."""
+        k = self.cfg.reasons
+        texts = np.full((len(table), k), "", dtype=object)
+        model = np.full(len(table), "", dtype=object)
+        for action in self.catalogue.actions:
+            rows = np.flatnonzero((table["action_id"] == action.id).to_numpy())
+            if len(rows) == 0:
+                continue
+            found, which = explain(
+                self.bundle,
+                self.cfg.scoring,
+                features.iloc[rows],
+                action.channel,
+                action.id,
+                self.words,
+                k,
+            )
+            for r, reasons in zip(rows, found, strict=True):
+                texts[r, : len(reasons)] = [x.text for x in reasons]
+            model[rows] = which
+        nothing = np.flatnonzero((table["action_id"] == NOTHING).to_numpy())
+        none_eligible = table["eligible_actions"].to_numpy()[nothing] == 0
+        texts[nothing[none_eligible], 0] = "no action is allowed now (consent, caps or rules)"
+        texts[nothing[~none_eligible], 0] = (
+            "no allowed action's expected incremental profit covers its cost"
+        )
+        for i in range(k):
+            table[f"reason_{i + 1}"] = texts[:, i]
+        table["reasons_from"] = model
+
+
+def load_policy(
+    data_dir: Path,
+    cfg: PolicyConfig,
+    data: DataConfig,
+    alias: str = "champion",
+) -> DecisionPolicy:
+    """The policy over the bundle registered under `alias` (models versioned together)."""
+    import mlflow.pyfunc
+
+    from training import registry
+
+    registry.configure_tracking(data_dir)
+    version = registry.alias_version(alias)
+    if version is None:
+        raise LookupError(
+            f"no model bundle has the alias `{alias}` in {registry.BUNDLE_MODEL_NAME}: run "
+            "`nba train` first"
+        )
+    loaded = mlflow.pyfunc.load_model(registry.model_uri(alias))
+    bundle = loaded.unwrap_python_model().bundle
+    return DecisionPolicy(bundle, version, cfg, data)

@@ -1,0 +1,218 @@
+"""Reasons in plain words: the features that moved the deciding model most, read as sentences.
+
+The contributions are LightGBM's `pred_contrib` (SHAP values on the raw score) of the model that
+decided: the uplift model under uplift scoring when it can explain itself, else the response
+model of the action's channel. The top reasons are the largest absolute contributions; each says
+whether it pushed the estimate up (+) or down (-).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.config import DataConfig
+from features.contract import ACTION_ID, CHANNEL
+from serving.arbitration import candidate_frame
+from training.bundle import ModelBundle
+
+_DOW = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_CHANNEL_WORDS = {
+    "email": "e-mail",
+    "sms": "SMS",
+    "push": "push",
+    "direct_mail": "letter",
+    "call_centre": "call-centre",
+    "web": "web",
+    "app": "app",
+    "store": "store",
+}
+_RESPONSE_WORDS = {
+    "click": "clicked",
+    "open": "opened",
+    "visit": "visited after",
+    "call": "called back after",
+    "view": "viewed",
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    feature: str
+    value: float | str | None
+    contribution: float
+    text: str
+
+
+def _ch(name: str) -> str:
+    return _CHANNEL_WORDS.get(name, name.replace("_", " "))
+
+
+def _n(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 1 or v == 0 else f"{v:.1f}"
+
+
+class FeatureWords:
+    """Turns a feature name and its value into a short sentence about the customer."""
+
+    def __init__(self, data: DataConfig) -> None:
+        self.channels = sorted((c.name for c in data.channels), key=len, reverse=True)
+        self.response = {c.name: c.response for c in data.channels if c.response}
+
+    def _split(self, name: str) -> tuple[str | None, str]:
+        for c in self.channels:
+            if name.startswith(c + "_"):
+                return c, name[len(c) + 1 :]
+        return None, name
+
+    def describe(self, name: str, value) -> str:
+        if isinstance(value, float) and np.isnan(value):
+            value = None
+        if name.startswith("profile_"):
+            return f"{name.removeprefix('profile_').replace('_', ' ')}: {value}"
+        channel, rest = self._split(name)
+        if channel is not None and value is not None:
+            text = self._channel_phrase(channel, rest, float(value))
+            if text:
+                return text
+        if channel is not None and value is None and rest.endswith("_days_since"):
+            what = rest.removesuffix("_days_since").replace("_", " ")
+            return f"no {_ch(channel)} {what} on record"
+        return self._overall_phrase(name, value)
+
+    def _channel_phrase(self, ch: str, rest: str, v: float) -> str | None:
+        c = _ch(ch)
+        if m := re.fullmatch(r"(contact|response|engagement|purchase|spend)_decayed_(\w+)", rest):
+            what, tag = m.groups()
+            span = f"(weighted, {tag} half-life)"
+            if what == "contact":
+                return f"about {_n(v)} {c} contacts received recently {span}"
+            if what == "response":
+                verb = _RESPONSE_WORDS.get(self.response.get(ch, ""), "responded to")
+                return f"{verb} about {_n(v)} {c} contacts recently {span}"
+            if what == "engagement":
+                return f"about {_n(v)} {c} engagements recently {span}"
+            if what == "purchase":
+                return f"about {_n(v)} purchases on {c} recently {span}"
+            return f"spent about {v:,.0f} on {c} recently {span}"
+        if m := re.fullmatch(r"contact_count_(\d+)d", rest):
+            return f"{_n(v)} {c} contacts in the last {m.group(1)} days"
+        if m := re.fullmatch(r"(\w+)_days_since", rest):
+            return f"last {c} {m.group(1).replace('_', ' ')} {_n(v)} days ago"
+        if rest == "response_rate":
+            return f"responds to {v:.0%} of {c} contacts (smoothed)"
+        if rest == "consent":
+            return f"{'has' if v > 0.5 else 'has not'} given {c} consent"
+        return None
+
+    def _overall_phrase(self, name: str, v) -> str:
+        if v is None:
+            named = {
+                "all_purchase_days_since": "has never bought",
+                "all_engagement_days_since": "has never engaged",
+                "all_negative_days_since": "has never unsubscribed or complained",
+                "inter_purchase_days": "fewer than two purchases",
+                "monetary_mean": "no purchases yet",
+            }
+            return named.get(name, f"{name.replace('_', ' ')}: unknown")
+        v = float(v)
+        if m := re.fullmatch(r"all_(purchase|spend)_decayed_(\w+)", name):
+            what, tag = m.groups()
+            if what == "purchase":
+                return f"about {_n(v)} purchases recently (weighted, {tag} half-life)"
+            return f"spent about {v:,.0f} recently (weighted, {tag} half-life)"
+        if m := re.fullmatch(r"all_contact_count_(\d+)d", name):
+            return f"{_n(v)} contacts on all channels in the last {m.group(1)} days"
+        if m := re.fullmatch(r"category_(\w+)_share", name):
+            return f"{v:.0%} of purchases and views in {m.group(1)}"
+        if m := re.fullmatch(r"category_(\w+)_decayed_(\w+)", name):
+            return f"about {_n(v)} recent purchases or views in {m.group(1)}"
+        named = {
+            "all_purchase_days_since": f"last purchase {_n(v)} days ago",
+            "all_engagement_days_since": f"last engagement {_n(v)} days ago",
+            "all_negative_days_since": f"last unsubscribe or complaint {_n(v)} days ago",
+            "all_purchase_count": f"{_n(v)} purchases in all",
+            "all_spend_sum": f"spent {v:,.0f} in all",
+            "monetary_mean": f"average order {v:,.0f}",
+            "inter_purchase_days": f"buys every {_n(v)} days on average",
+            "tenure_days": f"customer for {_n(v)} days",
+            "online_purchase_share": f"{v:.0%} of purchases online",
+            "preferred_hour": f"most active around {int(v):02d}:00",
+            "preferred_dow": f"most active on {_DOW[int(v) % 7]}s",
+        }
+        if name in named:
+            return named[name]
+        if name.startswith("offline_purchase_decayed_"):
+            return f"about {_n(v)} store purchases recently"
+        return f"{name.replace('_', ' ')}: {_n(v)}"
+
+
+def deciding_contributions(
+    bundle: ModelBundle, scoring: str, frame: pd.DataFrame, channel: str
+) -> tuple[pd.DataFrame, str]:
+    """Contributions of the model behind the score, for rows of one action; and which model."""
+    if scoring == "uplift" and hasattr(bundle.uplift, "contributions"):
+        return bundle.uplift.contributions(frame), "uplift"
+    model = bundle.response_model_for(channel)
+    if model is None:
+        raise ValueError(f"no model can explain decisions on {channel}")
+    return model.contributions(frame), "response"
+
+
+def top_reasons(
+    contributions: pd.DataFrame, inputs: pd.DataFrame, words: FeatureWords, k: int
+) -> list[list[Reason]]:
+    """The k largest |contributions| of each row, as sentences.
+
+    Neither the bias nor the action's own channel and id are reasons: they are the same for every
+    customer offered the action and say nothing about the customer.
+    """
+    contrib = contributions.drop(columns=["bias", CHANNEL, ACTION_ID], errors="ignore")
+    values = contrib.to_numpy(dtype=float)
+    k = min(k, values.shape[1])
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    names = np.asarray(contrib.columns)
+    columns = {  # only the columns some row's reasons name
+        names[j]: inputs[names[j]].to_numpy(dtype=object)
+        for j in np.unique(order)
+        if names[j] in inputs.columns
+    }
+    out: list[list[Reason]] = []
+    for i in range(len(values)):
+        row = []
+        for j in order[i]:
+            name = names[j]
+            raw = columns[name][i] if name in columns else None
+            c = float(values[i, j])
+            text = words.describe(name, raw)
+            row.append(Reason(name, _plain(raw), c, f"{text} ({'+' if c > 0 else '-'})"))
+        out.append(row)
+    return out
+
+
+def explain(
+    bundle: ModelBundle,
+    scoring: str,
+    features: pd.DataFrame,
+    channel: str,
+    action_id: str,
+    words: FeatureWords,
+    k: int,
+) -> tuple[list[list[Reason]], str]:
+    """Top-k reasons for giving `action_id` to each customer of `features`."""
+    frame = candidate_frame(features, bundle.customer_features, channel, action_id)
+    contributions, model = deciding_contributions(bundle, scoring, frame, channel)
+    return top_reasons(contributions, frame, words, k), model
+
+
+def _plain(v):
+    if v is None:
+        return None
+    if isinstance(v, (np.floating, float)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v if isinstance(v, str) else str(v)
