@@ -8,6 +8,7 @@ contact, so a cap of k allows a contact only while the window holds fewer than k
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,7 +150,9 @@ def send_hours(
         hour = hour.astype(np.int64) % 24
         if channel in realtime:
             quiet = qh.is_quiet(hour + qh.utc_offset_hours)
-            moved = int(round(qh.end_hour - qh.utc_offset_hours)) % 24
+            moved = (
+                math.ceil(qh.end_hour - qh.utc_offset_hours) % 24
+            )  # whole UTC hour, local >= end
             hour = np.where(quiet, moved, hour)
         out[:, j] = hour
     return out

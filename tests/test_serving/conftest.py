@@ -1,0 +1,41 @@
+"""A small synthetic world with a trained, registered bundle, shared by the serving tests."""
+
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+import pytest
+
+from features.batch import BatchEngine
+from features.config import DataConfig
+from features.contract import DataDir
+from features.definitions import FeatureConfig, FeatureSet
+from features.event_store import ingest, open_store
+from features.synth import generate_world
+from training.config import TrainingConfig
+from training.datasets import data_end
+from training.train import TrainResult, train
+
+
+@dataclass
+class TrainedWorld:
+    data_dir: DataDir
+    con: duckdb.DuckDBPyConnection
+    engine: BatchEngine
+    result: TrainResult
+    end: pd.Timestamp
+    features: pd.DataFrame  # every customer's features just after the last event
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory) -> TrainedWorld:
+    root = tmp_path_factory.mktemp("serving") / "world"
+    generate_world(root, customers=3000, days=365, seed=5, progress=False)
+    data_dir = DataDir(root)
+    ingest(data_dir, DataConfig())
+    con = open_store(data_dir)
+    cfg = TrainingConfig.model_validate({"models": {"max_contact_rows": 60_000}})
+    result = train(data_dir, DataConfig(), FeatureConfig(), cfg, con, say=lambda m: None)
+    engine = BatchEngine(FeatureSet(DataConfig(), FeatureConfig()), con, customers="customers")
+    end = data_end(con)
+    return TrainedWorld(data_dir, con, engine, result, end, engine.snapshot(end))
