@@ -199,7 +199,7 @@ def demo(
     ] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic world.")] = 0,
 ) -> None:
-    """Run the whole loop on the embedded defaults: world, store, features, models."""
+    """Run the whole loop on the embedded defaults: world, store, features, models, decisions."""
     console = features_cli.console
     console.rule("1. synthetic world with ground truth")
     features_cli.synth(out=out, customers=customers, seed=seed)
@@ -209,6 +209,8 @@ def demo(
     features_cli.features(data=out, materialize=True)
     console.rule("4. training, evaluation against heuristics and the oracle, MLflow registry")
     training_cli.train(data=out)
+    console.rule("5. next best actions for every customer, with reasons")
+    decide(data=out, customer=None, as_of=None, out=None, alias="champion", log=False, show=5)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""Policy quality against the oracle, and decision throughput.
+
+    python -m benchmarks.policy                         # a fresh 20k-customer world (nba synth's default)
+    python -m benchmarks.policy --data DIR --throughput-customers 1000000
+
+Quality: at the end of the synthetic history, each person (the fragment of them identity
+resolution knows best, i.e. with the most events) gets one decision from each policy, all under
+the same hard rules (consent, caps, cool-down, eligibility), and the decision is valued with the
+truth table: margin x (true P(buy | contacted) - true P(buy | not)) x true order value - cost.
+
+  (a) oracle: the best action by true incremental profit, or nothing
+  (b) our uplift policy (champion bundle, scoring `uplift`)
+  (c) our response-ranked policy (same bundle, scoring `response`)
+  (d) the best single action for everyone allowed (chosen in hindsight by its true total profit)
+  (e) random: a uniformly random allowed action for everyone
+  (f) do nothing
+
+Throughput: the vectorised policy (rules, scoring with every model, choice) on N customers drawn
+from the world's feature table, without and with reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.peak_memory import PeakMemory
+from benchmarks.world import prepared_world
+from features.batch import BatchEngine
+from features.config import DataConfig
+from features.contract import CUSTOMER_ID, DataDir
+from features.definitions import FeatureConfig, FeatureSet
+from features.event_store import open_store
+from serving.catalogue import NOTHING
+from serving.config import PolicyConfig
+from serving.policy import DecisionPolicy, load_policy
+from training import registry
+from training.config import TrainingConfig
+from training.datasets import data_end
+from training.train import train
+
+
+def primary_fragments(con, truth_dir: Path) -> pd.DataFrame:
+    """customer_id -> person_id for each person's best-known fragment (most events)."""
+    return con.sql(
+        f"""
+        WITH person AS (
+            SELECT i.customer_id, mode(t.person_id) AS person_id
+            FROM identity i JOIN read_parquet('{truth_dir / "identity"}/*.parquet') t
+              ON t.identifier = i.identifier
+            GROUP BY i.customer_id
+        ),
+        n AS (SELECT customer_id, count(*) AS events FROM events GROUP BY customer_id)
+        SELECT p.customer_id, p.person_id
+        FROM person p JOIN n USING (customer_id)
+        QUALIFY row_number() OVER (PARTITION BY p.person_id ORDER BY n.events DESC,
+                                   p.customer_id) = 1
+        """
+    ).df()
+
+
+def true_profit_matrix(
+    truth_dir: Path, persons: np.ndarray, policy: DecisionPolicy, con
+) -> np.ndarray:
+    """persons x actions: margin x true uplift x true order value - cost."""
+    truth = con.sql(
+        f"SELECT person_id, action_id, p_purchase_treated - p_purchase_control AS uplift, "
+        f"expected_value FROM read_parquet('{truth_dir / 'customer_actions'}/*.parquet')"
+    ).df()
+    ids = policy.catalogue.ids
+    uplift = truth.pivot(index="person_id", columns="action_id", values="uplift")
+    value = truth.pivot(index="person_id", columns="action_id", values="expected_value")
+    uplift = uplift.reindex(index=persons, columns=ids).to_numpy(dtype=float)
+    value = value.reindex(index=persons, columns=ids).to_numpy(dtype=float)
+    margin = np.array([a.margin for a in policy.catalogue.actions])
+    cost = np.array([a.cost for a in policy.catalogue.actions])
+    return margin * uplift * value - cost
+
+
+def value_of(choice: np.ndarray, profit: np.ndarray) -> float:
+    """Mean true incremental profit per person of a choice (-1: do nothing)."""
+    rows = np.arange(len(choice))
+    gained = np.where(choice >= 0, profit[rows, np.maximum(choice, 0)], 0.0)
+    return float(np.nanmean(gained))
+
+
+def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
+    truth_dir = data_dir.truth
+    people = primary_fragments(con, truth_dir)
+    end = data_end(con)
+    feats = engine.snapshot(end)
+    feats = feats.merge(people, on=CUSTOMER_ID).reset_index(drop=True)
+    uplift_policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
+    response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
+    profit = true_profit_matrix(truth_dir, feats["person_id"].to_numpy(), uplift_policy, con)
+
+    t0 = time.perf_counter()
+    ours = uplift_policy.decide(feats, reasons=False)
+    t_decide = time.perf_counter() - t0
+    resp = response_policy.decide(feats, reasons=False)
+    allowed = ours.eligibility.allowed
+    index = {a: j for j, a in enumerate(uplift_policy.catalogue.ids)}
+
+    def chosen(table: pd.DataFrame) -> np.ndarray:
+        return table["action_id"].map(index).fillna(-1).astype(int).to_numpy()
+
+    true_allowed = np.where(allowed, profit, -np.inf)
+    best = np.argmax(true_allowed, axis=1)
+    oracle = np.where(true_allowed[np.arange(len(best)), best] > 0, best, -1)
+    blanket = [np.where(allowed[:, j], j, -1) for j in range(allowed.shape[1])]
+    blanket_values = [value_of(c, profit) for c in blanket]
+    best_single = int(np.argmax(blanket_values))
+    rng = np.random.default_rng(seed)
+    noise = np.where(allowed, rng.random(allowed.shape), -1.0)
+    random_pick = np.where(allowed.any(axis=1), np.argmax(noise, axis=1), -1)
+
+    rows = [
+        ("(a) oracle (true probabilities)", oracle),
+        ("(b) uplift policy (ours)", chosen(ours.table)),
+        ("(c) response-ranked policy", chosen(resp.table)),
+        (
+            f"(d) best single action: {uplift_policy.catalogue.ids[best_single]}",
+            blanket[best_single],
+        ),
+        ("(e) random allowed action", random_pick),
+        ("(f) do nothing", np.full(len(feats), -1)),
+    ]
+    a_value = value_of(oracle, profit)
+    print(
+        f"\npolicy quality: {len(feats):,} persons (best-known fragment), decisions at {end}, "
+        f"true incremental profit per person"
+    )
+    print(f"  {'policy':44s} {'profit/person':>14s} {'of oracle':>10s} {'contacted':>10s}")
+    for name, choice in rows:
+        v = value_of(choice, profit)
+        share = v / a_value if a_value else float("nan")
+        print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
+    # how well the uplift model ranks: true uplift of our chosen contacts vs the oracle's
+    print(
+        f"  decided {len(feats):,} persons in {t_decide:.2f} s "
+        f"({len(feats) / t_decide:,.0f} decisions/s, features excluded)"
+    )
+    print(f"  share of persons with an allowed action: {allowed.any(axis=1).mean():.1%}")
+    print(f"  (NOTHING = {NOTHING}; every policy obeys the same rules)")
+
+
+def throughput(data_dir: DataDir, engine: BatchEngine, con, customers: int, seed: int) -> None:
+    feats = engine.snapshot(data_end(con))
+    big = feats.sample(customers, replace=True, random_state=seed).reset_index(drop=True)
+    policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        decisions = policy.decide(big, reasons=False)
+        t1 = time.perf_counter()
+    sample = big.iloc[: min(customers, 100_000)]
+    t2 = time.perf_counter()
+    policy.decide(sample, reasons=True)
+    t3 = time.perf_counter()
+    acted = (decisions.table["action_id"] != NOTHING).mean()
+    print(f"\nthroughput on {customers:,} customers ({acted:.1%} get an action):")
+    print(f"  without reasons: {t1 - t0:.1f} s, {customers / (t1 - t0):,.0f} decisions/s")
+    print(
+        f"  with reasons:    {t3 - t2:.1f} s for {len(sample):,}, "
+        f"{len(sample) / (t3 - t2):,.0f} decisions/s"
+    )
+    print(f"  peak memory {mem.peak_gb:.2f} GB (features of {customers:,} customers included)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, help="data directory of a synthetic world")
+    parser.add_argument("--customers", type=int, default=20_000, help="world size without --data")
+    parser.add_argument("--throughput-customers", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    data_dir = prepared_world(args.data, args.customers, args.seed)
+    con = open_store(data_dir)
+    registry.configure_tracking(data_dir.root)
+    if registry.alias_version(registry.CHAMPION) is None:
+        print("no champion bundle yet: training one")
+        train(data_dir, DataConfig(), FeatureConfig(), TrainingConfig(), con)
+    engine = BatchEngine(FeatureSet(DataConfig(), FeatureConfig()), con, customers="customers")
+    quality(data_dir, con, engine, args.seed)
+    if args.throughput_customers:
+        throughput(data_dir, engine, con, args.throughput_customers, args.seed)
+
+
+if __name__ == "__main__":
+    main()
