@@ -14,7 +14,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from training.models import CalibratedClassifier, UpliftSLearner, ValueRegressor
+from training.models import CalibratedClassifier, UpliftRLearner, UpliftSLearner, ValueRegressor
 
 CHANNEL_FEATURE = "channel"
 ACTION_FEATURE = "action_id"
@@ -32,7 +32,7 @@ class ModelBundle:
     response: CalibratedClassifier | dict[str, CalibratedClassifier] | None
     purchase: CalibratedClassifier | None
     value: ValueRegressor | None
-    uplift: UpliftSLearner | None
+    uplift: UpliftRLearner | UpliftSLearner | None
     customer_features: list[str]
     trained_on: dict = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from features.config import Strict, load_section
-from training.models import LGBMParams
+from training.models import LGBMParams, UpliftParams
 
 
 class LabelConfig(Strict):
@@ -48,6 +48,14 @@ class ModelConfig(Strict):
             "slice. On the synthetic world the two tie (calibration log loss 0.1498 pooled vs "
             "0.1497 per channel, 8,000 customers), so the default is the pooled model: one "
             "model to train, and it shares what channels have in common."
+        ),
+    )
+    uplift: UpliftParams = Field(
+        default_factory=UpliftParams,
+        description=(
+            "The uplift R-learner's effect model. Chosen over the S-learner, whose treatment "
+            "feature never split (constant uplift), on a 50,000-customer world: Spearman with "
+            "the true uplift 0.053 (R), 0.053 (DR), S-learner constant."
         ),
     )
     max_contact_rows: int = Field(

@@ -44,7 +44,7 @@ from training.evaluation import (
     gate_score,
     time_split,
 )
-from training.models import CalibratedClassifier, UpliftSLearner, ValueRegressor
+from training.models import CalibratedClassifier, UpliftRLearner, ValueRegressor
 from training.oracle import load_truth
 from training.plots import importance_figure
 
@@ -136,8 +136,8 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
         else:
             skipped["response"] = "no responses (or only responses) among the contacts"
         if _has_both_classes(tr[PURCHASED], ca[PURCHASED]) and (~tr[TREATED]).any():
-            say("uplift model (S-learner on contacts and holdouts)")
-            uplift = UpliftSLearner(params).fit(
+            say("uplift model (R-learner on contacts and holdouts)")
+            uplift = UpliftRLearner(params, cfg.models.uplift).fit(
                 tr[contact_cols],
                 tr[TREATED].to_numpy(),
                 tr[PURCHASED].to_numpy(),
