@@ -168,12 +168,23 @@ def evaluate_uplift(
         )
         metrics["model"]["mean_predicted_uplift"] = float(np.mean(scorers["model"]))
         metrics["oracle"]["mean_true_uplift"] = float(np.nanmean(true_uplift))
+        metrics["model"].update(_uplift_by_type(truth, test, scorers["model"]))
     figures = {}
     if with_figures:
         figures["uplift_qini.png"] = plots.qini_figure(
             y, t, scorers, "uplift: Qini curve (purchase)"
         )
     return FamilyReport("uplift", metrics, figures)
+
+
+def _uplift_by_type(truth: Truth, test: pd.DataFrame, uplift: np.ndarray) -> dict[str, float]:
+    """Mean predicted uplift of each true uplift type (persuadables should top sleeping dogs)."""
+    if "uplift_type" not in truth.customers.columns:
+        return {}
+    persons = truth.person_of_customer.reindex(test[CUSTOMER_ID].to_numpy()).to_numpy()
+    types = truth.customers["uplift_type"].reindex(persons).to_numpy()
+    means = pd.Series(uplift).groupby(types).mean()
+    return {f"mean_uplift_{kind}": float(v) for kind, v in means.items()}
 
 
 def evaluate_purchase(

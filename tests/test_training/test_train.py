@@ -123,6 +123,8 @@ def test_uplift_ranks_persuadables_above_sleeping_dogs(trained, world):
     mean_p = uplift[types == "persuadable"].mean()
     mean_d = uplift[types == "sleeping_dog"].mean()
     assert mean_p > mean_d
+    reported = result.reports["uplift"].metrics["model"]
+    assert {"mean_uplift_persuadable", "mean_uplift_sleeping_dog"} <= set(reported)
 
 
 def test_training_on_data_without_contacts_trains_what_it_can(tmp_path, world):
