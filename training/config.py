@@ -53,9 +53,11 @@ class ModelConfig(Strict):
     uplift: UpliftParams = Field(
         default_factory=UpliftParams,
         description=(
-            "The uplift R-learner's effect model. Chosen over the S-learner, whose treatment "
-            "feature never split (constant uplift), on a 50,000-customer world: Spearman with "
-            "the true uplift 0.053 (R), 0.053 (DR), S-learner constant."
+            "The uplift R-learner's effect model. On a 50,000-customer world (1M contact rows, "
+            "100k holdouts) the S-learner's treatment feature never split (uplift 0 everywhere); "
+            "the R-learner's Spearman with the true uplift is 0.03-0.06 and it ranks "
+            "persuadables above sleeping dogs on average, but its Qini on the test window is "
+            "not above random (the oracle's own Qini is only 0.0011 vs 0.0005 random)."
         ),
     )
     max_contact_rows: int = Field(
