@@ -6,6 +6,7 @@ It lives in `serving` because serving is the one package allowed to import the o
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -189,6 +190,183 @@ def decide(
     if log:
         events, record = write_decision_log(decisions.table, DataDir(data), con)
         console.print(f"[green]logged[/green] {events} and {record} (ingest to learn from them)")
+
+
+class RewardKind(StrEnum):
+    spend = "spend"
+    purchase = "purchase"
+
+
+def _occasion_since(bundle, since: datetime | None):
+    """The first occasion time: `since`, else the bundle's contact test window (unseen by it)."""
+    import pandas as pd
+
+    if since is not None:
+        t = pd.Timestamp(since)
+        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    described = (bundle.trained_on or {}).get("contacts") or {}
+    start = described.get("test_from")
+    return pd.Timestamp(start).tz_convert("UTC") if start else None
+
+
+def _print_policy_values(frame, console, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("policy", "contact", "ESS", "IPS", "SNIPS", "DR", "true value"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+
+    def cell(by, est: str) -> str:
+        if est not in by.index:
+            return ""
+        e = by.loc[est]
+        covered = e["covered"]
+        mark = " [red]✗[/red]" if covered is not None and covered == covered and not covered else ""
+        return f"{e['value']:.4f} [{e['low']:.4f}, {e['high']:.4f}]{mark}"
+
+    for name, rows in frame.groupby("policy", sort=False):
+        by = rows.set_index("estimator")
+        first = rows.iloc[0]
+        truth = first["truth"]
+        table.add_row(
+            str(name),
+            f"{first['contact_share']:.1%}",
+            f"{first['ess']:,.0f}",
+            cell(by, "ips"),
+            cell(by, "snips"),
+            cell(by, "dr"),
+            "" if truth is None or truth != truth else f"{truth:.4f}",
+        )
+    console.print(table)
+
+
+@app.command("evaluate-policy")
+def evaluate_policy(
+    data: features_cli.DataOption,
+    candidate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--candidate",
+            help="YAML file whose `policy` section (caps, scoring, exploration, catalogue with "
+            "its levers) is a candidate policy to value; repeat for several.",
+        ),
+    ] = None,
+    alias: Annotated[
+        str,
+        typer.Option(
+            help="Registry alias of the model bundle the policies score with; its uplift and "
+            "value models are the doubly robust estimator's reward model."
+        ),
+    ] = "champion",
+    other_alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--other-alias",
+            help="Also value the uplift policy on the bundle of this alias (new models); "
+            "repeatable.",
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--since",
+            help="Use logged contacts from this time (UTC) on; default: the bundle's contact "
+            "test window, which its models never saw.",
+        ),
+    ] = None,
+    reward: Annotated[
+        RewardKind,
+        typer.Option(
+            help="spend: margin x spend in the purchase horizon - cost if contacted (model-free); "
+            "purchase: margin x purchased x the value model's order value - cost."
+        ),
+    ] = RewardKind.spend,
+    max_occasions: Annotated[
+        int,
+        typer.Option(min=100, help="Most recent logged contacts kept (features cost the most)."),
+    ] = 200_000,
+    level: Annotated[
+        float, typer.Option(min=0.5, max=0.999, help="Confidence level of the intervals.")
+    ] = 0.95,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV file of every estimate (policy x estimator); not written if omitted."
+        ),
+    ] = None,
+    config: features_cli.ConfigOption = None,
+) -> None:
+    """Value candidate policies off-policy (IPS, SNIPS, DR) from logged contacts and holdouts."""
+    from features.contract import DataDir
+    from serving import off_policy as ope
+    from serving.config import load_policy_config
+    from serving.policy import DecisionPolicy, load_policy
+    from training.config import load_training_config
+    from training.datasets import contact_training_set
+
+    console = features_cli.console
+    con, engine, policy = _policy_inputs(data, config, alias)
+    labels = load_training_config(config).labels
+    start = _occasion_since(policy.bundle, since)
+    with console.status(f"logged contacts since {start} and their features"):
+        contacts, report = contact_training_set(
+            con, engine, policy.data, labels, since=start, max_rows=max_occasions
+        )
+    if report.rows == 0:
+        console.print(f"[red]no logged contact with a complete label window since {start}[/red]")
+        raise typer.Exit(code=1)
+    occ = ope.occasions_from_contacts(contacts, policy.catalogue, reward.value, policy.bundle)
+    console.print(
+        f"{len(occ):,} occasions (logged contacts and holdouts) from {report.first_as_of} to "
+        f"{report.last_as_of}; reward `{reward.value}` over {labels.purchase_horizon_days:g} days"
+        + "".join(f"; dropped {n:,}: {why}" for why, n in occ.dropped.items())
+    )
+    cfg = policy.cfg
+    policies: dict[str, DecisionPolicy] = {f"uplift policy (ours, {alias})": policy}
+    if policy.bundle.response is not None:
+        policies["response-ranked"] = DecisionPolicy(
+            policy.bundle,
+            policy.model_version,
+            cfg.model_copy(update={"scoring": "response"}),
+            policy.data,
+            policy.catalogue,
+        )
+    for other in other_alias or []:
+        policies[f"uplift policy ({other})"] = load_policy(data, cfg, policy.data, alias=other)
+    for path in candidate or []:
+        policies[f"candidate {path.name}"] = DecisionPolicy(
+            policy.bundle, policy.model_version, load_policy_config(path), policy.data
+        )
+    targets = {}
+    with console.status("target policies' probabilities on every occasion"):
+        for name, p in policies.items():
+            targets[name] = ope.policy_probabilities(p, occ)
+    targets["logging policy"] = ope.logging_policy(occ)
+    targets["always contact"] = ope.always_contact(occ)
+    targets["never contact"] = ope.never_contact(occ)
+    q = ope.reward_model(policy.bundle, occ)
+    truth = None
+    data_dir = DataDir(data)
+    if (data_dir.truth / "contacts").exists():
+        truth = ope.occasion_truth(occ, ope.load_contact_truth(data_dir.truth, con))
+    values = ope.evaluate_policies(occ, targets, q, truth, level)
+    frame = ope.results_frame(values)
+    _print_policy_values(
+        frame,
+        console,
+        f"policy value per occasion ({level:.0%} intervals, cluster-robust by customer)",
+    )
+    if truth is not None:
+        check = ope.reward_check(occ, truth)
+        console.print("realised vs true mean reward on the log (the truth's own consistency):")
+        for _, row in check.iterrows():
+            console.print(
+                f"  {row['arm']:22s} {row['occasions']:>8,}  realised {row['realised']:.4f}  "
+                f"true {row['true']:.4f}  difference {row['difference']:+.4f} ± {row['se']:.4f}"
+            )
+    if out is not None:
+        frame.to_csv(out, index=False)
+        console.print(f"[green]wrote[/green] {out}")
 
 
 @app.command("demo")
