@@ -209,11 +209,12 @@ def _occasion_since(bundle, since: datetime | None):
     return pd.Timestamp(start).tz_convert("UTC") if start else None
 
 
-def _print_policy_values(frame, console, title: str) -> None:
+def _print_policy_values(frame, console, title: str, baseline: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("policy", "contact", "ESS", "IPS", "SNIPS", "DR", "true value"):
+    columns = ("policy", "contact", "ESS", "IPS", "SNIPS", "DR", "true", f"DR - {baseline}", "true")
+    for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right")
 
     def cell(by, est: str) -> str:
@@ -222,12 +223,17 @@ def _print_policy_values(frame, console, title: str) -> None:
         e = by.loc[est]
         covered = e["covered"]
         mark = " [red]✗[/red]" if covered is not None and covered == covered and not covered else ""
-        return f"{e['value']:.4f} [{e['low']:.4f}, {e['high']:.4f}]{mark}"
+        return f"{e['value']:.4f}\n[{e['low']:.4f}, {e['high']:.4f}]{mark}"
+
+    def number(by, est: str) -> str:
+        if est not in by.index:
+            return ""
+        truth = by.loc[est, "truth"]
+        return "" if truth is None or truth != truth else f"{truth:.4f}"
 
     for name, rows in frame.groupby("policy", sort=False):
         by = rows.set_index("estimator")
         first = rows.iloc[0]
-        truth = first["truth"]
         table.add_row(
             str(name),
             f"{first['contact_share']:.1%}",
@@ -235,9 +241,16 @@ def _print_policy_values(frame, console, title: str) -> None:
             cell(by, "ips"),
             cell(by, "snips"),
             cell(by, "dr"),
-            "" if truth is None or truth != truth else f"{truth:.4f}",
+            number(by, "dr"),
+            cell(by, "dr_difference"),
+            number(by, "dr_difference"),
         )
     console.print(table)
+
+
+class Outcomes(StrEnum):
+    customer = "customer"
+    person = "person"
 
 
 @app.command("evaluate-policy")
@@ -285,6 +298,14 @@ def evaluate_policy(
         int,
         typer.Option(min=100, help="Most recent logged contacts kept (features cost the most)."),
     ] = 200_000,
+    outcomes: Annotated[
+        Outcomes,
+        typer.Option(
+            help="customer: purchases of the contacted customer_id (what the product sees); "
+            "person: of the whole person through the world's true identity (synthetic worlds "
+            "only), coherent with the person-level truth.",
+        ),
+    ] = Outcomes.customer,
     level: Annotated[
         float, typer.Option(min=0.5, max=0.999, help="Confidence level of the intervals.")
     ] = 0.95,
@@ -315,10 +336,19 @@ def evaluate_policy(
     if report.rows == 0:
         console.print(f"[red]no logged contact with a complete label window since {start}[/red]")
         raise typer.Exit(code=1)
+    data_dir = DataDir(data)
+    has_truth = (data_dir.truth / "contacts").exists()
+    if outcomes is Outcomes.person:
+        if not has_truth:
+            raise typer.BadParameter(
+                "person outcomes need the synthetic world's truth/ folder", param_hint="--outcomes"
+            )
+        contacts = ope.person_outcomes(con, data_dir.truth, contacts, labels.purchase_horizon_days)
     occ = ope.occasions_from_contacts(contacts, policy.catalogue, reward.value, policy.bundle)
     console.print(
         f"{len(occ):,} occasions (logged contacts and holdouts) from {report.first_as_of} to "
-        f"{report.last_as_of}; reward `{reward.value}` over {labels.purchase_horizon_days:g} days"
+        f"{report.last_as_of}; reward `{reward.value}` of the {outcomes.value} over "
+        f"{labels.purchase_horizon_days:g} days"
         + "".join(f"; dropped {n:,}: {why}" for why, n in occ.dropped.items())
     )
     cfg = policy.cfg
@@ -346,15 +376,17 @@ def evaluate_policy(
     targets["never contact"] = ope.never_contact(occ)
     q = ope.reward_model(policy.bundle, occ)
     truth = None
-    data_dir = DataDir(data)
-    if (data_dir.truth / "contacts").exists():
+    if has_truth:
         truth = ope.occasion_truth(occ, ope.load_contact_truth(data_dir.truth, con))
-    values = ope.evaluate_policies(occ, targets, q, truth, level)
+    baseline = "logging policy"
+    values = ope.evaluate_policies(occ, targets, q, truth, level, baseline=baseline)
     frame = ope.results_frame(values)
     _print_policy_values(
         frame,
         console,
-        f"policy value per occasion ({level:.0%} intervals, cluster-robust by customer)",
+        f"policy value per occasion ({level:.0%} intervals, cluster-robust by customer; "
+        "✗: the interval misses the truth)",
+        "logging",
     )
     if truth is not None:
         check = ope.reward_check(occ, truth)

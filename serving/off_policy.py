@@ -311,6 +311,8 @@ class PolicyValue:
     max_weight: float
     contact_share: float  # target policy's mean probability of contacting
     truth: float | None = None
+    difference: Estimate | None = None  # DR estimate of V(this) - V(baseline)
+    true_difference: float | None = None
 
 
 def _clustered_se(terms: np.ndarray, clusters: np.ndarray | None) -> float:
@@ -364,9 +366,7 @@ def estimate_value(
     snips = float(np.sum(w * r) / np.sum(w)) if mean_w > 0 else float("nan")
     estimates["snips"] = make("snips", snips, w * (r - snips) / mean_w)
     if q is not None:
-        rows = np.arange(n)
-        direct = np.nansum(np.where(target > 0, target * q, 0.0), axis=1)
-        dr_terms = direct + w * (r - q[rows, occ.logged])
+        dr_terms = _dr_terms(occ, target, q)
         dr = dr_terms.mean()
         estimates["dr"] = make("dr", dr, dr_terms - dr)
     ess = float(np.sum(w) ** 2 / np.sum(w**2)) if np.any(w > 0) else 0.0
@@ -377,6 +377,37 @@ def estimate_value(
         max_weight=float(w.max()) if n else float("nan"),
         contact_share=float(target[:, 1:].sum(axis=1).mean()) if n else float("nan"),
     )
+
+
+def estimate_difference(
+    occ: Occasions,
+    target: np.ndarray,
+    baseline: np.ndarray,
+    q: np.ndarray,
+    level: float = 0.95,
+    cluster: bool = True,
+) -> Estimate:
+    """DR estimate of V(target) - V(baseline) on the same occasions, with a paired interval.
+
+    Both values share most of their per-occasion terms (the reward, the reward model), so the
+    difference is far tighter than either value: it says whether a candidate beats, say, the
+    logging policy. A reward loss common to both arms (e.g. purchases that identity resolution
+    credits to another fragment of the person) mostly cancels too.
+    """
+    _check_target(occ, target)
+    _check_target(occ, baseline)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    terms = _dr_terms(occ, target, q) - _dr_terms(occ, baseline, q)
+    value = float(terms.mean())
+    se = _clustered_se(terms - value, occ.clusters if cluster else None)
+    return Estimate("dr_difference", value, se, value - z * se, value + z * se)
+
+
+def _dr_terms(occ: Occasions, target: np.ndarray, q: np.ndarray) -> np.ndarray:
+    rows = np.arange(len(occ))
+    w = importance_weights(occ, target)
+    direct = np.nansum(np.where(target > 0, target * q, 0.0), axis=1)
+    return direct + w * (occ.reward - q[rows, occ.logged])
 
 
 def _check_target(occ: Occasions, target: np.ndarray) -> None:
@@ -417,6 +448,49 @@ def load_contact_truth(truth_dir: Path, con: duckdb.DuckDBPyConnection) -> pd.Da
         .df()
         .set_index(EVENT_ID)
     )
+
+
+def person_outcomes(
+    con: duckdb.DuckDBPyConnection,
+    truth_dir: Path,
+    contacts: pd.DataFrame,
+    horizon_days: float,
+) -> pd.DataFrame:
+    """`contacts` with purchased and spend counted over the whole person (synthetic worlds only).
+
+    The contact's customer_id is one fragment of a person as identity resolution knows it; the
+    person's purchases under other fragments are missing from its labels, so the realised reward
+    falls short of the person-level truth. Counting through the world's true identity makes the
+    reward coherent with the truth and measures off-policy evaluation apart from that loss.
+    """
+    ids = pd.DataFrame({EVENT_ID: contacts[EVENT_ID].to_numpy()})
+    con.register("_ope_ids", ids)
+    h_us = int(round(horizon_days * 86_400_000_000))
+    try:
+        labels = con.sql(
+            f"""
+            WITH c AS (
+                SELECT t.{EVENT_ID}, t.person_id, epoch_us(t.{TS}) AS t_us
+                FROM read_parquet('{truth_dir / "contacts"}/*.parquet') t
+                JOIN _ope_ids USING ({EVENT_ID})),
+            who AS (SELECT identifier, person_id
+                    FROM read_parquet('{truth_dir / "identity"}/*.parquet')),
+            p AS (SELECT who.person_id, epoch_us(e.{TS}) AS e_us, e.amount
+                  FROM events e JOIN who ON who.identifier = e.customer_key
+                  WHERE e.event_type = 'purchase')
+            SELECT c.{EVENT_ID}, count(p.e_us) > 0 AS {PURCHASED},
+                   coalesce(sum(p.amount), 0.0) AS {SPEND}
+            FROM c LEFT JOIN p
+              ON p.person_id = c.person_id AND p.e_us > c.t_us AND p.e_us <= c.t_us + {h_us}
+            GROUP BY ALL"""
+        ).df()
+    finally:
+        con.unregister("_ope_ids")
+    out = contacts.drop(columns=[PURCHASED, SPEND]).merge(labels, on=EVENT_ID, how="left")
+    missing = out[SPEND].isna()
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} contacts have no person in the world's truth")
+    return out
 
 
 def occasion_truth(occ: Occasions, contact_truth: pd.DataFrame) -> OccasionTruth:
@@ -493,13 +567,22 @@ def evaluate_policies(
     q: np.ndarray | None,
     truth: OccasionTruth | None = None,
     level: float = 0.95,
+    baseline: str | None = None,
 ) -> list[PolicyValue]:
-    """Estimate every target's value (and its true value where the truth is known)."""
+    """Estimate every target's value (and its true value where the truth is known).
+
+    With `baseline` (one of the targets) and a reward model, each policy also gets the paired DR
+    estimate of its difference from the baseline.
+    """
     out = []
     for name, probs in targets.items():
         pv = estimate_value(occ, probs, q, level, name=name)
         if truth is not None:
             pv.truth = truth.value(probs)
+        if baseline is not None and q is not None:
+            pv.difference = estimate_difference(occ, probs, targets[baseline], q, level)
+            if truth is not None:
+                pv.true_difference = pv.truth - truth.value(targets[baseline])
         out.append(pv)
     return out
 
@@ -508,7 +591,10 @@ def results_frame(values: list[PolicyValue]) -> pd.DataFrame:
     """One row per policy x estimator: value, interval, ESS, truth and whether it is covered."""
     rows = []
     for pv in values:
-        for est in pv.estimates.values():
+        found = [(est, pv.truth) for est in pv.estimates.values()]
+        if pv.difference is not None:
+            found.append((pv.difference, pv.true_difference))
+        for est, truth in found:
             rows.append(
                 {
                     "policy": pv.name,
@@ -519,8 +605,8 @@ def results_frame(values: list[PolicyValue]) -> pd.DataFrame:
                     "high": est.high,
                     "ess": pv.ess,
                     "contact_share": pv.contact_share,
-                    "truth": pv.truth,
-                    "covered": est.covers(pv.truth) if pv.truth is not None else None,
+                    "truth": truth,
+                    "covered": est.covers(truth) if truth is not None else None,
                 }
             )
     return pd.DataFrame(rows)
@@ -533,6 +619,7 @@ __all__ = [
     "OccasionTruth",
     "PolicyValue",
     "always_contact",
+    "estimate_difference",
     "estimate_value",
     "evaluate_policies",
     "load_contact_truth",
@@ -540,6 +627,7 @@ __all__ = [
     "never_contact",
     "occasion_truth",
     "occasions_from_contacts",
+    "person_outcomes",
     "policy_probabilities",
     "results_frame",
     "reward_check",
