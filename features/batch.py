@@ -6,12 +6,16 @@ time t uses only events with ts < t. Two shapes of query:
 * a snapshot: every customer as of one time t (one scan of the events, no join);
 * query points: arbitrary (customer_id, as_of) rows, e.g. one per outbound contact, joined to the
   customer's earlier events (the cost is the customer's events times their query points).
+
+On DuckDB a snapshot does not run the SQL: `features.scan_aggregates` computes the same base
+aggregates from one projection scan reduced in numpy, a customer_id range at a time (about 5x
+faster and bounded in memory); a test holds it to the SQL's numbers.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -20,6 +24,7 @@ import pandas as pd
 
 from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
+from features.scan_aggregates import Partition, ScanPlan, scan_partitions
 
 AS_OF_US = "as_of_us"
 QUERY_ID = "query_id"
@@ -296,16 +301,59 @@ class BatchEngine(FeatureEngine):
         self.events = events
         self.customers = customers
         self._profile = None
+        self._plan: ScanPlan | None = None
 
     def profile_table(self) -> pd.DataFrame | None:
         if self.customers is None:
             return None
         return self.con.sql(f"SELECT * FROM {self.customers}").df()
 
+    def _partitions(self, as_of: pd.Timestamp) -> Iterator[Partition]:
+        """The snapshot's base aggregates, a customer_id range at a time (in customer order)."""
+        if self._plan is None:
+            self._plan = ScanPlan.of(self.fs)
+        return scan_partitions(
+            self.con,
+            self.fs,
+            self.events,
+            int(to_us(as_of)),
+            self.fs.config.snapshot_partition_events,
+            self._plan,
+        )
+
     def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Base aggregates of every customer with an event before `as_of`, keyed by customer_id."""
-        sql = base_aggregates_sql(self.fs, self.events, DUCKDB, as_of_us=to_us(as_of))
-        return self.con.sql(sql).df()
+        """Base aggregates of every customer with an event before `as_of`, keyed by customer_id
+        (sorted); the numbers of `base_aggregates_sql` (one scan reduced in numpy)."""
+        parts = list(self._partitions(as_of))
+        ids = _ids(parts)
+        base = np.concatenate([p.base for p in parts]) if parts else np.empty((0, 0))
+        frame = pd.DataFrame(base, columns=self.fs.base_names) if parts else None
+        if frame is None:
+            frame = pd.DataFrame({n: pd.Series(dtype=np.float64) for n in self.fs.base_names})
+        frame.insert(0, CUSTOMER_ID, ids)
+        return frame
+
+    def snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Features of every customer active before `as_of`: customer_id, as_of, features.
+
+        Each customer range is derived as soon as it is reduced, so only one range's base
+        aggregates are in memory next to the features.
+        """
+        as_of_us = int(to_us(as_of))
+        ids: list[np.ndarray] = []
+        feats: list[np.ndarray] = []
+        for part in self._partitions(as_of):
+            n = part.base.shape[0]
+            feats.append(self.fs.derive(part.base, np.full(n, as_of_us, dtype=np.int64)))
+            ids.append(part.customer_ids.to_numpy(zero_copy_only=False))
+            del part
+        values = np.concatenate(feats) if feats else np.empty((0, len(self.fs.names)))
+        del feats
+        customer_ids = np.concatenate(ids) if ids else np.empty(0, dtype=object)
+        frame = pd.DataFrame(values, columns=self.fs.names, copy=False)
+        frame.insert(0, AS_OF, pd.Timestamp(as_of_us, unit="us", tz="UTC"))
+        frame.insert(0, CUSTOMER_ID, customer_ids)
+        return self._with_profile(frame, customer_ids)
 
     def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
         """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""
@@ -315,3 +363,10 @@ class BatchEngine(FeatureEngine):
             return self.con.sql(sql).df()
         finally:
             self.con.unregister("_nba_queries")
+
+
+def _ids(parts: list[Partition]) -> np.ndarray:
+    """The partitions' customer ids, concatenated, as an object array of str (like `.df()`)."""
+    if not parts:
+        return np.empty(0, dtype=object)
+    return np.concatenate([p.customer_ids.to_numpy(zero_copy_only=False) for p in parts])

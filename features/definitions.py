@@ -78,6 +78,16 @@ class FeatureConfig(Strict):
         default=["apparel", "beauty", "electronics", "home", "sports", "grocery"],
         description="Product categories with their own affinity feature.",
     )
+    snapshot_partition_events: int = Field(
+        default=2_000_000,
+        gt=0,
+        description=(
+            "A DuckDB snapshot scans and reduces the events a customer_id range at a time, ranges "
+            "of about this many events: memory is bounded by a range (about 100 bytes an event "
+            "while it is reduced), and on the sorted event store a range reads only its own "
+            "parquet row groups, so more ranges cost little time."
+        ),
+    )
     profile_columns: list[str] | None = Field(
         default=None,
         description="Columns of `customers` used as features; all but the key when omitted.",
