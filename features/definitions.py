@@ -79,7 +79,7 @@ class FeatureConfig(Strict):
         description="Product categories with their own affinity feature.",
     )
     snapshot_partition_events: int = Field(
-        default=2_000_000,
+        default=1_000_000,
         gt=0,
         description=(
             "A DuckDB snapshot scans and reduces the events a customer_id range at a time, ranges "

@@ -24,7 +24,9 @@ which is sorted by customer_id, DuckDB skips the parquet row groups outside a ra
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import duckdb
@@ -38,6 +40,7 @@ from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
 # row values a base aggregate reduces, and how: (value kind, parameter, reducer)
 _SUM, _MAX, _MIN = "sum", "max", "min"
 _CUSTOMERS_SAMPLED = 20_000
+_IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
 
 def _value_of(b: BaseAggregate) -> tuple[str, float | None, str]:
@@ -64,10 +67,11 @@ class _Group:
     """Aggregates reducing one row value over one dimension, and their (class, dim value) cells.
 
     `pair_class[pair]` is the class of a (channel code, event type code) pair, -1 when no
-    aggregate of the group takes it; `dim_index[code]` the position of a dimension code among the
-    group's dimension values, -1 when none asks for it. Cell = class * n_dim + dim position;
-    `cells[cell, j]` is 1.0 when aggregate `columns[j]` (a column of the base matrix) reduces
-    the cell, else 0.0.
+    aggregate takes it; `dim_index[code]` the position of a dimension code among the group's
+    dimension values, -1 when none asks for it. Cell = class * n_dim + dim position, and
+    `cells[j]` lists the cells aggregate `columns[j]` (a column of the base matrix) reduces.
+    Groups without a dimension share one class layout (classes of all their filters), so their
+    rows are indexed and counted once a scan.
     """
 
     value: str
@@ -78,7 +82,7 @@ class _Group:
     dim_index: np.ndarray
     n_dim: int
     n_cells: int
-    cells: np.ndarray
+    cells: tuple[np.ndarray, ...]
     columns: np.ndarray
 
 
@@ -100,8 +104,15 @@ class ScanPlan:
         by_key: dict[tuple[str, float | None, str, str | None], list[int]] = {}
         for j, b in enumerate(fs.base):
             by_key.setdefault((*_value_of(b), b.dim), []).append(j)
+        undimensioned = [b for b in fs.base if b.dim is None]
         groups = [
-            _group(fs.base, cols, key, channels, event_types, categories)
+            _group(
+                fs.base,
+                cols,
+                key,
+                undimensioned if key[-1] is None else [fs.base[j] for j in cols],
+                (channels, event_types, categories),
+            )
             for key, cols in by_key.items()
         ]
         return cls(channels, event_types, categories, groups, len(fs.base))
@@ -144,21 +155,22 @@ def _group(
     base: list[BaseAggregate],
     cols: list[int],
     key: tuple[str, float | None, str, str | None],
-    channels: list[str],
-    event_types: list[str],
-    categories: list[str],
+    class_aggs: list[BaseAggregate],
+    vocabularies: tuple[list[str], list[str], list[str]],
 ) -> _Group:
+    """The group of aggregates `cols` (all with `key`); pairs are classed by `class_aggs`."""
     value, param, reducer, dim = key
+    channels, event_types, categories = vocabularies
     aggs = [base[j] for j in cols]
-    # class of a (channel, event type) pair: which of the group's filters it passes
+    # class of a (channel, event type) pair: which of the class-defining filters it passes
     n_types = len(event_types) + 1
     pair_class = np.full((len(channels) + 1) * n_types, -1, dtype=np.int64)
-    members: list[tuple[int, ...]] = []
+    members: list[frozenset[int]] = []
     for ci, ch in enumerate(channels, start=1):
         for ti, et in enumerate(event_types, start=1):
-            member = tuple(
+            member = frozenset(
                 k
-                for k, b in enumerate(aggs)
+                for k, b in enumerate(class_aggs)
                 if et in b.event_types and (b.channels is None or ch in b.channels)
             )
             if not member:
@@ -167,26 +179,32 @@ def _group(
                 members.append(member)
             pair_class[ci * n_types + ti] = members.index(member)
     # dimension codes: hour 0-23, weekday 0-6, category 1-based position (0: other or null)
-    dim_values = list(dict.fromkeys(b.dim_value for b in aggs)) if dim is not None else [None]
+    position: dict[int | str | None, int] = {}
     if dim is None:
         dim_index = np.zeros(1, dtype=np.int64)
-        position = {None: 0}
+        position[None] = 0
     else:
         size = {"hour": 24, "dow": 7, "category": len(categories) + 1}[dim]
         dim_index = np.full(size, -1, dtype=np.int64)
-        position = {}
-        for v in dim_values:
+        for v in dict.fromkeys(b.dim_value for b in aggs):
             code = categories.index(str(v)) + 1 if dim == "category" else int(v)
             if 0 <= code < size:
                 position[v] = len(position)
                 dim_index[code] = position[v]
     n_dim = max(len(position), 1)
-    cells = np.zeros((len(members) * n_dim, len(aggs)), dtype=np.float64)
-    for c, member in enumerate(members):
-        for k in member:
-            v = aggs[k].dim_value if dim is not None else None
-            if v in position:
-                cells[c * n_dim + position[v], k] = 1.0
+    index_in_classes = {id(b): k for k, b in enumerate(class_aggs)}
+    cells = []
+    for b in aggs:
+        k = index_in_classes[id(b)]
+        v = b.dim_value if dim is not None else None
+        cells.append(
+            np.array(
+                [c * n_dim + position[v] for c, m in enumerate(members) if k in m]
+                if v in position
+                else [],
+                dtype=np.int64,
+            )
+        )
     return _Group(
         value=value,
         param=param,
@@ -196,7 +214,7 @@ def _group(
         dim_index=dim_index,
         n_dim=n_dim,
         n_cells=len(members) * n_dim,
-        cells=cells,
+        cells=tuple(cells),
         columns=np.asarray(cols, dtype=np.int64),
     )
 
@@ -253,14 +271,28 @@ def scan_partitions(
     plan: ScanPlan | None = None,
 ) -> Iterator[Partition]:
     """Base aggregates of every customer with an event before `as_of_us`, a customer range at a
-    time, ranges in customer_id order (so the partitions concatenate into a sorted table)."""
+    time, ranges in customer_id order (so the partitions concatenate into a sorted table).
+
+    Two cores at work: two threads reduce ranges in numpy while this one has DuckDB scan the
+    next range and the caller derives the finished ones (numpy and DuckDB release the GIL for
+    most of their loops). At most `_IN_FLIGHT` ranges are scanned and not yet handed over.
+    """
     plan = plan or ScanPlan.of(fs)
-    for bounds in partition_bounds(con, events, partition_events):
-        rows = con.sql(plan.rows_sql(events, as_of_us, bounds)).to_arrow_table()
-        part = reduce_rows(plan, rows, as_of_us)
-        del rows
-        if len(part.customer_ids):
-            yield part
+    with ThreadPoolExecutor(max_workers=_IN_FLIGHT, thread_name_prefix="nba-reduce") as pool:
+        pending: deque[Future[Partition]] = deque()
+        for bounds in partition_bounds(con, events, partition_events):
+            rows = con.sql(plan.rows_sql(events, as_of_us, bounds)).to_arrow_table()
+            pending.append(pool.submit(reduce_rows, plan, rows, as_of_us))
+            del rows
+            if len(pending) >= _IN_FLIGHT:
+                yield from _non_empty(pending.popleft().result())
+        while pending:
+            yield from _non_empty(pending.popleft().result())
+
+
+def _non_empty(part: Partition) -> Iterator[Partition]:
+    if len(part.customer_ids):
+        yield part
 
 
 def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
@@ -288,16 +320,30 @@ def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
 
 
 def _dim_codes(dim: str | None, ts_us: np.ndarray, category: np.ndarray) -> np.ndarray:
-    """Each row's dimension code, computed exactly as `base_aggregates_sql` does (C remainder)."""
+    """Each row's dimension code, as `base_aggregates_sql` computes it: floor of the hours (days)
+    since the epoch, C remainder. Integer floor division equals SQL's FLOOR(ts / 3.6e9.0) for
+    every timestamp below 2^53 us (the double quotient never rounds across an integer)."""
     if dim is None:
         return np.zeros(len(ts_us), dtype=np.int64)
     if dim == "hour":
-        return np.fmod(np.floor(ts_us / 3600000000.0).astype(np.int64), 24)
+        return np.fmod(ts_us // 3_600_000_000, 24)
     if dim == "dow":
-        return np.fmod(np.floor(ts_us / 86400000000.0).astype(np.int64) + 3, 7)
+        return np.fmod(ts_us // US_PER_DAY + 3, 7)
     if dim == "category":
         return category.astype(np.int64)
     raise ValueError(f"unknown feature dimension {dim}")
+
+
+def _cell_sum(grid: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Per customer, the sum of a (cells x customers) grid over some cells (a view for one)."""
+    if len(cells) == 1:
+        return grid[cells[0]]
+    return grid[cells].sum(axis=0)
+
+
+def _take(values: np.ndarray, sel: np.ndarray | None) -> np.ndarray:
+    """`values` at the selected rows; all of them (no copy) when `sel` is None."""
+    return values if sel is None else values[sel]
 
 
 def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
@@ -335,49 +381,43 @@ def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
                 raise ValueError(f"unknown row value {kind}")
         return values[key]
 
-    # rows and cell index of a (pair classes, dimension) layout, shared by groups that have it
-    layouts: dict[tuple[bytes, bytes, str | None], tuple[np.ndarray, np.ndarray]] = {}
-    dims: dict[str | None, np.ndarray] = {}
+    # rows, cells (cell * n + customer: a cell's customers are contiguous) and row counts per
+    # cell of a (pair classes, dimension) layout, shared by the groups that have it
+    layouts: dict[tuple[bytes, bytes, str | None], tuple[np.ndarray | None, np.ndarray, np.ndarray]]
+    layouts = {}
     for g in plan.groups:
         key = (g.pair_class.tobytes(), g.dim_index.tobytes(), g.dim)
         if key not in layouts:
-            if g.dim not in dims:
-                dims[g.dim] = _dim_codes(g.dim, ts_us, category)
             klass = g.pair_class[pair]
             if g.dim is None:
-                sel = np.flatnonzero(klass >= 0)
-                cell = cust[sel] * g.n_cells + klass[sel]
+                keep = klass >= 0
             else:
-                code = dims[g.dim]
+                code = _dim_codes(g.dim, ts_us, category)
                 inside = (code >= 0) & (code < len(g.dim_index))
                 position = g.dim_index[np.where(inside, code, 0)]
-                sel = np.flatnonzero((klass >= 0) & inside & (position >= 0))
-                cell = cust[sel] * g.n_cells + klass[sel] * g.n_dim + position[sel]
-            layouts[key] = (sel, cell)
-        sel, cell = layouts[key]
-        size = n * g.n_cells
+                klass = klass * g.n_dim + position
+                keep = (klass >= 0) & inside & (position >= 0)
+            sel = None if keep.all() else np.flatnonzero(keep)
+            cell = _take(klass, sel) * n + _take(cust, sel)
+            counts = np.bincount(cell, minlength=g.n_cells * n).reshape(g.n_cells, n)
+            layouts[key] = (sel, cell, counts)
+        sel, cell, counts = layouts[key]
+        size = g.n_cells * n
         if g.reducer == _SUM:
-            # float products with a 0/1 matrix: exact cell sums (BLAS; integer matmul is slow)
-            count = np.bincount(cell, minlength=size).astype(np.float64).reshape(n, g.n_cells)
-            matches = count @ g.cells
-            if g.value == "one":
-                total = matches
-            else:
-                weights = row_value(g.value, g.param)[sel]
-                grid = np.bincount(cell, weights=weights, minlength=size).reshape(n, g.n_cells)
-                total = grid @ g.cells
-            base[:, g.columns] = np.where(matches > 0, total, np.nan)
+            grid = counts
+            if g.value != "one":
+                weights = _take(row_value(g.value, g.param), sel)
+                grid = np.bincount(cell, weights=weights, minlength=size).reshape(g.n_cells, n)
+            for col, cells in zip(g.columns, g.cells, strict=True):
+                matches, total = _cell_sum(counts, cells), _cell_sum(grid, cells)
+                base[:, col] = np.where(matches > 0, total, np.nan)
         else:
             fill = -np.inf if g.reducer == _MAX else np.inf
             grid = np.full(size, fill)
             ufunc = np.maximum if g.reducer == _MAX else np.minimum
-            ufunc.at(grid, cell, row_value(g.value, g.param)[sel])
-            grid = grid.reshape(n, g.n_cells)
-            for j, col in enumerate(g.columns):
-                picked = grid[:, g.cells[:, j] > 0]
-                if picked.shape[1] == 0:  # a filter no (channel, event type) pair passes
-                    base[:, col] = np.nan
-                    continue
-                best = picked.max(axis=1) if g.reducer == _MAX else picked.min(axis=1)
+            ufunc.at(grid, cell, _take(row_value(g.value, g.param), sel))
+            grid = grid.reshape(g.n_cells, n)
+            for col, cells in zip(g.columns, g.cells, strict=True):
+                best = ufunc.reduce(grid[cells], axis=0, initial=fill)
                 base[:, col] = np.where(np.isfinite(best), best, np.nan)
     return Partition(ids, base)
