@@ -305,13 +305,15 @@ def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     n = len(ids)
     if n == 0:
         return np.zeros(0, dtype=np.int64), ids
-    head, tail = ids.slice(0, n - 1), ids.slice(1)
-    if n == 1 or pc.all(pc.less_equal(head, tail)).as_py():
-        changed = pc.not_equal(head, tail).to_numpy(zero_copy_only=False)
+    # where the id changes; sorted when the ids at those rows strictly increase
+    changed = pc.not_equal(ids.slice(0, n - 1), ids.slice(1)).to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(changed) + 1])
+    firsts = ids.take(pa.array(starts))
+    m = len(firsts)
+    if m == 1 or pc.all(pc.less(firsts.slice(0, m - 1), firsts.slice(1))).as_py():
         index = np.zeros(n, dtype=np.int64)
         np.cumsum(changed, out=index[1:])
-        starts = np.concatenate([[0], np.flatnonzero(changed) + 1])
-        return index, ids.take(pa.array(starts))
+        return index, firsts
     encoded = pc.dictionary_encode(ids)
     order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
@@ -351,7 +353,7 @@ def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
     cust, ids = _customer_index(rows.column(CUSTOMER_ID))
     n = len(ids)
     ts_us = rows.column("ts_us").to_numpy()
-    pair = rows.column("pair").to_numpy().astype(np.int64)
+    pair = rows.column("pair").to_numpy()
     category = rows.column("category").to_numpy()
     amount = rows.column("amount").to_numpy()
     # column-major: each aggregate is written, and later read by the derivation, as one column
