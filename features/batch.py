@@ -8,12 +8,14 @@ time t uses only events with ts < t. Two shapes of query:
   customer's earlier events (the cost is the customer's events times their query points).
 
 On DuckDB a snapshot does not run the SQL: `features.scan_aggregates` computes the same base
-aggregates from one projection scan reduced in numpy, a customer_id range at a time (about 5x
-faster and bounded in memory); a test holds it to the SQL's numbers.
+aggregates from one projection scan reduced in numpy, a customer_id range at a time (about 4x
+faster, and memory bounded by a range plus the result); a test holds it to the SQL's numbers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -347,8 +349,7 @@ class BatchEngine(FeatureEngine):
             feats.append(self.fs.derive(part.base, np.full(n, as_of_us, dtype=np.int64)))
             ids.append(part.customer_ids.to_numpy(zero_copy_only=False))
             del part
-        values = np.concatenate(feats) if feats else np.empty((0, len(self.fs.names)))
-        del feats
+        values = _stack_releasing(feats, len(self.fs.names))
         customer_ids = np.concatenate(ids) if ids else np.empty(0, dtype=object)
         frame = pd.DataFrame(values, columns=self.fs.names, copy=False)
         frame.insert(0, AS_OF, pd.Timestamp(as_of_us, unit="us", tz="UTC"))
@@ -370,3 +371,42 @@ def _ids(parts: list[Partition]) -> np.ndarray:
     if not parts:
         return np.empty(0, dtype=object)
     return np.concatenate([p.customer_ids.to_numpy(zero_copy_only=False) for p in parts])
+
+
+def _stack_releasing(parts: list[np.ndarray], n_columns: int) -> np.ndarray:
+    """The row blocks stacked into one array, each block released once copied, so the peak is
+    the result plus one block rather than twice the result (`np.concatenate`)."""
+    out = np.empty((sum(len(p) for p in parts), n_columns))
+    row = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[row : row + len(part)] = part
+        row += len(part)
+        del part
+        _return_freed_heap()
+    return out
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _return_freed_heap() -> None:
+    """Hand memory numpy has freed back to the operating system (glibc's `malloc_trim`).
+
+    glibc keeps freed blocks below its mmap threshold (up to 32 MB) in its heaps for reuse, so
+    the range-sized blocks a snapshot frees while stacking them would otherwise stay resident
+    next to the result (measured: 1.7 GB at 1M customers). A no-op off glibc.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
