@@ -7,11 +7,13 @@ This module computes the same numbers from a single projection scan:
 
 1. DuckDB streams the rows before the as-of time as a few narrow columns (customer_id, ts in
    microseconds, small integer codes for channel, event type and category, amount);
-2. each row gets a customer index and, per group of aggregates that reduce the same row value
-   over the same dimension, a class: the set of that group's aggregates whose filter the row's
-   (channel, event type[, hour, weekday, category]) passes. Rows are reduced per (customer,
-   class) with `np.bincount` (sums) or `np.maximum.at` / `np.minimum.at` (last, first);
-3. each aggregate is then the sum (a 0/1 matrix product) or max/min of its classes' cells.
+2. each row gets a customer index and a class: which aggregate filters its (channel, event
+   type[, hour, weekday, category]) passes. Per row value an aggregate reduces (a decay weight,
+   the amount, the timestamp, ...), rows are reduced per (class, customer) cell with
+   `np.bincount` (sums) or `np.maximum.at` / `np.minimum.at` (last, first);
+3. each aggregate is then the sum, max or min of its classes' cells, customer by customer.
+
+Two threads reduce ranges while DuckDB scans the next one (see `scan_partitions`).
 
 An aggregate with no matching event is NaN, as SQL's `SUM(CASE ...)` over no rows is NULL.
 
@@ -37,8 +39,7 @@ import pyarrow.compute as pc
 from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
 
-# row values a base aggregate reduces, and how: (value kind, parameter, reducer)
-_SUM, _MAX, _MIN = "sum", "max", "min"
+_SUM, _MAX, _MIN = "sum", "max", "min"  # how a row value is reduced per cell
 _CUSTOMERS_SAMPLED = 20_000
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
