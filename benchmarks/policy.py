@@ -9,6 +9,9 @@ the same hard rules (consent, caps, cool-down, eligibility), and the decision is
 truth table: margin x (true P(buy | contacted) - true P(buy | not)) x true order value - cost.
 
   (a) oracle: the best action by true incremental profit, or nothing
+  (a') the best any model could do: the oracle knowing every latent trait but not the random
+       draw of the uplift type from them (persuadable, sleeping dog, ...), i.e. ranking by the
+       true effect averaged over that draw
   (b) our uplift policy (champion bundle, scoring `uplift`)
   (c) our response-ranked policy (same bundle, scoring `response`)
   (d) the best single action for everyone allowed (chosen in hindsight by its true total profit)
@@ -63,22 +66,34 @@ def primary_fragments(con, truth_dir: Path) -> pd.DataFrame:
     ).df()
 
 
-def true_profit_matrix(
+def true_profit_matrices(
     truth_dir: Path, persons: np.ndarray, policy: DecisionPolicy, con
-) -> np.ndarray:
-    """persons x actions: margin x true uplift x true order value - cost."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """persons x actions: margin x uplift x true order value - cost, with the true uplift and
+    with its mean over the uplift-type draw given every other latent (what latents can tell)."""
     truth = con.sql(
-        f"SELECT person_id, action_id, p_purchase_treated - p_purchase_control AS uplift, "
+        f"SELECT person_id, action_id, incremental, mean_incremental_given_latents, "
         f"expected_value FROM read_parquet('{truth_dir / 'customer_actions'}/*.parquet')"
     ).df()
     ids = policy.catalogue.ids
-    uplift = truth.pivot(index="person_id", columns="action_id", values="uplift")
-    value = truth.pivot(index="person_id", columns="action_id", values="expected_value")
-    uplift = uplift.reindex(index=persons, columns=ids).to_numpy(dtype=float)
-    value = value.reindex(index=persons, columns=ids).to_numpy(dtype=float)
+
+    def matrix(column: str) -> np.ndarray:
+        wide = truth.pivot(index="person_id", columns="action_id", values=column)
+        return wide.reindex(index=persons, columns=ids).to_numpy(dtype=float)
+
+    value = matrix("expected_value")
     margin = np.array([a.margin for a in policy.catalogue.actions])
     cost = np.array([a.cost for a in policy.catalogue.actions])
-    return margin * uplift * value - cost
+    return (
+        margin * matrix("incremental") * value - cost,
+        margin * matrix("mean_incremental_given_latents") * value - cost,
+    )
+
+
+def best_or_nothing(score: np.ndarray) -> np.ndarray:
+    """Index of each row's best-scoring action, or -1 (do nothing) when none scores above 0."""
+    best = np.argmax(score, axis=1)
+    return np.where(score[np.arange(len(best)), best] > 0, best, -1)
 
 
 def value_of(choice: np.ndarray, profit: np.ndarray) -> float:
@@ -96,7 +111,8 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
     feats = feats.merge(people, on=CUSTOMER_ID).reset_index(drop=True)
     uplift_policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
     response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
-    profit = true_profit_matrix(truth_dir, feats["person_id"].to_numpy(), uplift_policy, con)
+    persons = feats["person_id"].to_numpy()
+    profit, latent_profit = true_profit_matrices(truth_dir, persons, uplift_policy, con)
 
     t0 = time.perf_counter()
     ours = uplift_policy.decide(feats, reasons=False)
@@ -108,9 +124,8 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
     def chosen(table: pd.DataFrame) -> np.ndarray:
         return table["action_id"].map(index).fillna(-1).astype(int).to_numpy()
 
-    true_allowed = np.where(allowed, profit, -np.inf)
-    best = np.argmax(true_allowed, axis=1)
-    oracle = np.where(true_allowed[np.arange(len(best)), best] > 0, best, -1)
+    oracle = best_or_nothing(np.where(allowed, profit, -np.inf))
+    latent_oracle = best_or_nothing(np.where(allowed, latent_profit, -np.inf))
     blanket = [np.where(allowed[:, j], j, -1) for j in range(allowed.shape[1])]
     blanket_values = [value_of(c, profit) for c in blanket]
     best_single = int(np.argmax(blanket_values))
@@ -120,6 +135,7 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
 
     rows = [
         ("(a) oracle (true probabilities)", oracle),
+        ("(a') latents but not the uplift-type draw", latent_oracle),
         ("(b) uplift policy (ours)", chosen(ours.table)),
         ("(c) response-ranked policy", chosen(resp.table)),
         (

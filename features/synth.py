@@ -737,6 +737,7 @@ class _Chunk:
             e = np.exp(scores + b - (scores + b).max(axis=1, keepdims=True))
             probs = e / e.sum(axis=1, keepdims=True)
             b += np.log(target / probs.mean(axis=0))
+        self.type_probs = probs  # what the latents say about the type, before the draw
         self.uplift_type = _choice_rows(rng, probs)
         self.persuadability = np.where(
             self.uplift_type == 0, np.exp(rng.normal(-0.18, 0.6, n)), 0.0
@@ -981,16 +982,33 @@ class _Chunk:
         channel_factor = p.uplift_scale[c] * 2.0 * _sigmoid(self.aff[c][person])
         gain = self.persuadability[person] * channel_factor * np.exp(offer) * m
         tau = gain - self.dog[person] * p.intrusiveness[c]
-        p1 = np.clip(p0 + tau, np.minimum(p0, 0.001), np.maximum(p0, 0.999))
+        p1 = self._treated(p0, tau)
         return {
             "p_response": p_resp,
             "p_purchase_treated": p1,
             "p_purchase_control": p0,
+            "gain_per_persuadability": channel_factor * np.exp(offer) * m,
             "expected_value": self.value[person],
             "lin": lin,
             "m": m,
             "lapsed": lapsed,
         }
+
+    def _mean_incremental(self, action: Action, person: np.ndarray, truth: dict) -> np.ndarray:
+        """The true effect averaged over the uplift-type draw, given every other latent.
+
+        The best any model could know: the type itself is a random draw from the latents. The
+        strengths' mean is exp(-0.18 + 0.6^2 / 2) = 1, so each type's mean effect uses strength 1.
+        """
+        probs, p0 = self.type_probs[person], truth["p_purchase_control"]
+        persuaded = self._treated(p0, truth["gain_per_persuadability"]) - p0
+        dogged = self._treated(p0, -self.p.intrusiveness[action.channel]) - p0
+        return probs[:, 0] * persuaded + probs[:, 3] * dogged
+
+    @staticmethod
+    def _treated(p0: np.ndarray, tau: np.ndarray | float) -> np.ndarray:
+        """P(purchase | contacted): p0 + tau, kept inside (0, 1) without crossing p0."""
+        return np.clip(p0 + tau, np.minimum(p0, 0.001), np.maximum(p0, 0.999))
 
     def _fatigue_at(self, person: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Exponentially decayed count of the person's recent contacts at time t."""
@@ -1540,6 +1558,9 @@ class _Chunk:
                         "p_purchase_treated": truth["p_purchase_treated"],
                         "p_purchase_control": truth["p_purchase_control"],
                         "incremental": truth["p_purchase_treated"] - truth["p_purchase_control"],
+                        "mean_incremental_given_latents": self._mean_incremental(
+                            action, person, truth
+                        ),
                         "expected_value": truth["expected_value"],
                     }
                 )
@@ -1724,7 +1745,8 @@ def _write_world_json(
             "customers": "person_id, crm_key, signup_ts, profile and every latent",
             "contacts": "per sent/holdout event: treated, propensity, p_response, "
             "p_purchase_treated, p_purchase_control, expected_value",
-            "customer_actions": "per person x action if contacted at the end of the history",
+            "customer_actions": "per person x action if contacted at the end of the history "
+            "(incremental, and its mean over the uplift-type draw given the other latents)",
         },
     }
     (out / "truth" / "world.json").write_text(json.dumps(world, indent=2))

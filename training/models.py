@@ -19,6 +19,7 @@ from features.config import Strict
 
 TREATED_FEATURE = "treated"
 CHANNEL_FEATURE = "channel"
+ACTION_FEATURE = "action_id"
 
 
 class LGBMParams(Strict):
@@ -74,14 +75,19 @@ class FrameEncoder:
         missing = [c for c in self.columns_ if c not in frame.columns]
         if missing:
             raise ValueError(f"input lacks the model's columns {missing[:10]}")
-        out = frame[self.columns_].copy()
+        # built column by column into one new frame: float columns are passed through without a
+        # copy (the hot path when scoring millions of rows), others coerced once
+        out: dict[str, object] = {}
         for col in self.columns_:
+            s = frame[col]
             if col in self.categories_:
-                values = out[col].astype("string").astype(object)
+                values = s.astype("string").astype(object)
                 out[col] = pd.Categorical(values, categories=self.categories_[col])
+            elif s.dtype == np.float64:
+                out[col] = s.to_numpy()
             else:
-                out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
-        return out
+                out[col] = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+        return pd.DataFrame(out, index=frame.index, copy=False)
 
 
 class CalibratedClassifier:
@@ -224,22 +230,29 @@ class UpliftParams(Strict):
     point under a baseline that varies tenfold between customers."""
 
     folds: int = Field(default=3, ge=2, description="Folds for the out-of-fold baseline m(x).")
-    n_estimators: int = Field(default=300, ge=1)
+    n_estimators: int = Field(
+        default=300, ge=1, description="Upper bound; early stopping on the later slice trims."
+    )
     learning_rate: float = Field(default=0.03, gt=0)
     num_leaves: int = Field(default=7, ge=2, description="Few leaves: a smooth effect surface.")
     min_child_samples: int = Field(
         default=2000, ge=1, description="Large leaves: each averages many noisy pseudo-outcomes."
     )
     reg_lambda: float = Field(default=50.0, ge=0)
+    early_stopping_rounds: int = Field(default=30, ge=1)
 
 
 class UpliftRLearner:
     """Uplift by Robinson residualisation (R-learner), one model across channels.
 
     m(x) = E[purchase | x] is fitted out of fold, e = P(treated | channel) is the randomised
-    holdout share; the effect model regresses (y - m) / (t - e) with weights (t - e)^2, which
-    removes the baseline variance that swamps S- and T-learners. The control probability is
-    the calibrated m(x) minus e * tau (since m = p0 + e * tau); treated = control + tau.
+    holdout share. Each action's average effect is the R-loss minimiser for a constant,
+    sum((t - e)(y - m)) / sum((t - e)^2); the effect model then learns how customers deviate
+    from their action's average, regressing (y - m) / (t - e) with weights (t - e)^2 from that
+    starting point, and stops adding trees when the R-loss on the later (calibration) slice no
+    longer falls, so heterogeneity the data cannot confirm is not invented. The control
+    probability is the calibrated m(x) minus e * tau (since m = p0 + e * tau); treated =
+    control + tau.
     """
 
     def __init__(self, params: LGBMParams, uplift: UpliftParams | None = None) -> None:
@@ -268,8 +281,12 @@ class UpliftRLearner:
         m = cross_val_predict(nuisance, Xe, y_all, cv=folds, method="predict_proba")[:, 1]
         self.treated_share_ = pd.Series(t).groupby(X_all[CHANNEL_FEATURE].astype(str).values)
         self.treated_share_ = self.treated_share_.mean().clip(0.01, 0.99).to_dict()
-        e = self._treated_share(X_all)
-        residual_t = t - e
+        residual_t = t - self._treated_share(X_all)
+        residual_y = y_all - m
+        self._fit_action_effects(X_all, residual_t, residual_y)
+        start = self._action_effect(X_all)
+        pseudo, weight = residual_y / residual_t, residual_t**2
+        n = len(X)
         kwargs = self.params.sklearn_kwargs() | {
             "n_estimators": self.uplift.n_estimators,
             "learning_rate": self.uplift.learning_rate,
@@ -278,8 +295,41 @@ class UpliftRLearner:
             "reg_lambda": self.uplift.reg_lambda,
         }
         self.model_ = lgb.LGBMRegressor(**kwargs)
-        self.model_.fit(Xe, (y_all - m) / residual_t, sample_weight=residual_t**2)
+        self.model_.fit(
+            Xe.iloc[:n],
+            pseudo[:n],
+            sample_weight=weight[:n],
+            init_score=start[:n],
+            eval_X=(Xe.iloc[n:],),
+            eval_y=(pseudo[n:],),
+            eval_sample_weight=[weight[n:]],
+            eval_init_score=[start[n:]],
+            callbacks=[lgb.early_stopping(self.uplift.early_stopping_rounds, verbose=False)],
+        )
         return self
+
+    def _fit_action_effects(
+        self, X: pd.DataFrame, residual_t: np.ndarray, residual_y: np.ndarray
+    ) -> None:
+        """Each action's and channel's constant R-learner effect (channel: for new actions)."""
+        terms = pd.DataFrame(
+            {"ty": residual_t * residual_y, "tt": residual_t**2},
+        )
+
+        def effect(keys: pd.Series) -> dict[str, float]:
+            sums = terms.groupby(keys.astype(str).to_numpy()).sum()
+            return (sums["ty"] / sums["tt"]).to_dict()
+
+        has_actions = ACTION_FEATURE in X.columns
+        self.action_effects_ = effect(X[ACTION_FEATURE]) if has_actions else {}
+        self.channel_effects_ = effect(X[CHANNEL_FEATURE])
+        self.mean_effect_ = float(terms["ty"].sum() / terms["tt"].sum())
+
+    def _action_effect(self, X: pd.DataFrame) -> np.ndarray:
+        by_channel = X[CHANNEL_FEATURE].astype(str).map(self.channel_effects_)
+        if self.action_effects_:
+            by_channel = X[ACTION_FEATURE].astype(str).map(self.action_effects_).fillna(by_channel)
+        return by_channel.fillna(self.mean_effect_).to_numpy(dtype=float)
 
     def _treated_share(self, X: pd.DataFrame) -> np.ndarray:
         overall = float(np.mean(list(self.treated_share_.values())))
@@ -292,7 +342,7 @@ class UpliftRLearner:
 
     def predict_uplift(self, X: pd.DataFrame) -> np.ndarray:
         """tau(x) = P(purchase | contacted, x) - P(purchase | not contacted, x)."""
-        return self.model_.predict(self.encoder_.transform(X))
+        return self._action_effect(X) + self.model_.predict(self.encoder_.transform(X))
 
     def predict_outcomes(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(P(purchase | treated), P(purchase | not treated)) per row, clipped to [0, 1]."""
@@ -300,6 +350,14 @@ class UpliftRLearner:
         m = self.baseline_.predict_proba(X)
         p0 = np.clip(m - self._treated_share(X) * tau, 0.0, 1.0)
         return np.clip(p0 + tau, 0.0, 1.0), p0
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per-feature contributions to tau(x) in probability points, plus `bias` (the mean
+        effect): why a contact would change this customer's purchase probability."""
+        raw = self.model_.predict(self.encoder_.transform(X), pred_contrib=True)
+        out = pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=X.index)
+        out["bias"] += self._action_effect(X)
+        return out
 
     def feature_importance(self) -> pd.Series:
         gain = self.model_.booster_.feature_importance(importance_type="gain")
