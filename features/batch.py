@@ -327,12 +327,9 @@ class BatchEngine(FeatureEngine):
         """Base aggregates of every customer with an event before `as_of`, keyed by customer_id
         (sorted); the numbers of `base_aggregates_sql` (one scan reduced in numpy)."""
         parts = list(self._partitions(as_of))
-        ids = _ids(parts)
-        base = np.concatenate([p.base for p in parts]) if parts else np.empty((0, 0))
-        frame = pd.DataFrame(base, columns=self.fs.base_names) if parts else None
-        if frame is None:
-            frame = pd.DataFrame({n: pd.Series(dtype=np.float64) for n in self.fs.base_names})
-        frame.insert(0, CUSTOMER_ID, ids)
+        base = np.concatenate([p.base for p in parts]) if parts else None
+        frame = pd.DataFrame(base, columns=self.fs.base_names, dtype=np.float64)
+        frame.insert(0, CUSTOMER_ID, _ids(parts))
         return frame
 
     def snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -347,7 +344,7 @@ class BatchEngine(FeatureEngine):
         for part in self._partitions(as_of):
             n = part.base.shape[0]
             feats.append(self.fs.derive(part.base, np.full(n, as_of_us, dtype=np.int64)))
-            ids.append(part.customer_ids.to_numpy(zero_copy_only=False))
+            ids.append(part.ids())
             del part
         values = _stack_releasing(feats, len(self.fs.names))
         customer_ids = np.concatenate(ids) if ids else np.empty(0, dtype=object)
@@ -370,7 +367,7 @@ def _ids(parts: list[Partition]) -> np.ndarray:
     """The partitions' customer ids, concatenated, as an object array of str (like `.df()`)."""
     if not parts:
         return np.empty(0, dtype=object)
-    return np.concatenate([p.customer_ids.to_numpy(zero_copy_only=False) for p in parts])
+    return np.concatenate([p.ids() for p in parts])
 
 
 def _stack_releasing(parts: list[np.ndarray], n_columns: int) -> np.ndarray:

@@ -44,23 +44,25 @@ _CUSTOMERS_SAMPLED = 20_000
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
 
+# per aggregate operation: the row value it reduces, whether its parameter (a half-life or a
+# window) enters that value, and its reducer
+_ROW_VALUES: dict[str, tuple[str, bool, str]] = {
+    "decayed_count": ("decay", True, _SUM),
+    "decayed_amount": ("amount_decay", True, _SUM),
+    "count": ("one", False, _SUM),
+    "amount": ("amount", False, _SUM),
+    "window_count": ("in_window", True, _SUM),
+    "last": ("ts", False, _MAX),
+    "first": ("ts", False, _MIN),
+}
+
+
 def _value_of(b: BaseAggregate) -> tuple[str, float | None, str]:
     """The row value an aggregate reduces, its parameter and its reducer."""
-    if b.op == "decayed_count":
-        return "decay", b.param, _SUM
-    if b.op == "decayed_amount":
-        return "amount_decay", b.param, _SUM
-    if b.op == "count":
-        return "one", None, _SUM
-    if b.op == "amount":
-        return "amount", None, _SUM
-    if b.op == "window_count":
-        return "in_window", b.param, _SUM
-    if b.op == "last":
-        return "ts", None, _MAX
-    if b.op == "first":
-        return "ts", None, _MIN
-    raise ValueError(f"unknown aggregate operation {b.op}")
+    if b.op not in _ROW_VALUES:
+        raise ValueError(f"unknown aggregate operation {b.op}")
+    value, parametrised, reducer = _ROW_VALUES[b.op]
+    return value, b.param if parametrised else None, reducer
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,10 @@ class Partition:
 
     customer_ids: pa.Array
     base: np.ndarray
+
+    def ids(self) -> np.ndarray:
+        """The customer ids as an object array of str (as DuckDB's `.df()` gives them)."""
+        return self.customer_ids.to_numpy(zero_copy_only=False)
 
 
 def scan_partitions(

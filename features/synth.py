@@ -980,14 +980,17 @@ class _Chunk:
         p_resp = p.delivery_rate[c] * _sigmoid(p.response_base[c] + lin) * m
         p0 = -np.expm1(-self._organic_rate_integral(person, t, t + p.horizon_days))
         channel_factor = p.uplift_scale[c] * 2.0 * _sigmoid(self.aff[c][person])
-        gain = self.persuadability[person] * channel_factor * np.exp(offer) * m
-        tau = gain - self.dog[person] * p.intrusiveness[c]
+        gain_per_persuadability = channel_factor * np.exp(offer) * m
+        tau = (
+            self.persuadability[person] * gain_per_persuadability
+            - self.dog[person] * p.intrusiveness[c]
+        )
         p1 = self._treated(p0, tau)
         return {
             "p_response": p_resp,
             "p_purchase_treated": p1,
             "p_purchase_control": p0,
-            "gain_per_persuadability": channel_factor * np.exp(offer) * m,
+            "gain_per_persuadability": gain_per_persuadability,
             "expected_value": self.value[person],
             "lin": lin,
             "m": m,

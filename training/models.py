@@ -312,9 +312,7 @@ class UpliftRLearner:
         self, X: pd.DataFrame, residual_t: np.ndarray, residual_y: np.ndarray
     ) -> None:
         """Each action's and channel's constant R-learner effect (channel: for new actions)."""
-        terms = pd.DataFrame(
-            {"ty": residual_t * residual_y, "tt": residual_t**2},
-        )
+        terms = pd.DataFrame({"ty": residual_t * residual_y, "tt": residual_t**2})
 
         def effect(keys: pd.Series) -> dict[str, float]:
             sums = terms.groupby(keys.astype(str).to_numpy()).sum()

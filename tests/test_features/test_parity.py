@@ -7,6 +7,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from frame_checks import ATOL, RTOL, assert_columns_close
 
 from features.batch import AS_OF, BatchEngine, to_us
 from features.config import DataConfig
@@ -17,7 +18,6 @@ from features.online_store import DUPLICATE, OnlineStore, customer_id_of
 
 START = pd.Timestamp("2025-01-06", tz="UTC")
 DAYS = 100
-RTOL, ATOL = 1e-9, 1e-12
 DATA = DataConfig()
 FS = FeatureSet(DATA, FeatureConfig())
 
@@ -116,15 +116,7 @@ def _compare(online: pd.DataFrame, batch: pd.DataFrame) -> None:
     assert list(online[CUSTOMER_ID]) == list(batch[CUSTOMER_ID])
     assert (online[AS_OF] == batch[AS_OF]).all()
     assert list(online.columns) == list(batch.columns)
-    for name in FS.names:
-        np.testing.assert_allclose(
-            online[name].to_numpy(np.float64),
-            batch[name].to_numpy(np.float64),
-            rtol=RTOL,
-            atol=ATOL,
-            equal_nan=True,
-            err_msg=name,
-        )
+    assert_columns_close(online, batch, FS.names)
 
 
 def _cut(history: pd.DataFrame, q: float) -> pd.Timestamp:

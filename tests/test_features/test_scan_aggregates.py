@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from frame_checks import ATOL, RTOL, assert_columns_close
 
 from features.batch import DUCKDB, BatchEngine, FeatureEngine, base_aggregates_sql, to_us
 from features.config import DataConfig
@@ -16,7 +17,6 @@ from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE
 from features.definitions import FeatureConfig, FeatureSet
 from features.scan_aggregates import partition_bounds
 
-RTOL, ATOL = 1e-9, 1e-12
 START = pd.Timestamp("2024-01-01", tz="UTC")
 CUTS = [
     pd.Timestamp("2024-02-10 06:00:00", tz="UTC"),  # an hour boundary, with an event on it
@@ -91,15 +91,7 @@ def test_scan_equals_sql(con, t, partition_events):
     got = BatchEngine(fs, con).base_snapshot(t)
     assert list(got[CUSTOMER_ID]) == list(expected[CUSTOMER_ID])
     assert list(got.columns) == [CUSTOMER_ID, *fs.base_names]
-    for name in fs.base_names:
-        np.testing.assert_allclose(
-            got[name].to_numpy(np.float64),
-            expected[name].to_numpy(np.float64),
-            rtol=RTOL,
-            atol=ATOL,
-            equal_nan=True,
-            err_msg=name,
-        )
+    assert_columns_close(got, expected, fs.base_names)
 
 
 class _SqlEngine(BatchEngine):

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from frame_checks import ATOL, RTOL
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
@@ -40,8 +41,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Series.values returning an ndarray that drops timezone"),
 ]
 
-RTOL = 1e-9
-ATOL = 1e-12  # a share like 1 - x / x may come out 0 or 2e-16 depending on summation order
 START = pd.Timestamp("2024-01-01", tz="UTC")
 CUT_1 = pd.Timestamp("2024-03-01 12:34:56.789012", tz="UTC")
 CUT_2 = pd.Timestamp("2024-04-20 08:00:00", tz="UTC")
