@@ -81,7 +81,8 @@ def _live(action_live_on, as_of: pd.Timestamp | pd.Series, n: int) -> np.ndarray
     ts = pd.to_datetime(as_of, utc=True)
     if isinstance(ts, pd.Timestamp):
         return np.full(n, action_live_on(ts.date()))
-    return ts.dt.date.map(action_live_on).to_numpy(dtype=bool)
+    codes, days = pd.factorize(ts.dt.normalize())  # a handful of distinct days, not n dates
+    return np.array([action_live_on(day.date()) for day in days], dtype=bool)[codes]
 
 
 def eligibility(

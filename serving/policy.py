@@ -188,7 +188,7 @@ class DecisionPolicy:
         as_of_col = (
             pd.Series(pd.to_datetime(as_of, utc=True)).reset_index(drop=True)
             if isinstance(as_of, pd.Series)
-            else pd.Series([pd.to_datetime(as_of, utc=True)] * n)
+            else pd.Series(pd.DatetimeIndex([pd.to_datetime(as_of, utc=True)]).repeat(n))
         )
         return pd.DataFrame(
             {

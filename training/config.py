@@ -53,11 +53,12 @@ class ModelConfig(Strict):
     uplift: UpliftParams = Field(
         default_factory=UpliftParams,
         description=(
-            "The uplift R-learner's effect model. On a 50,000-customer world (1M contact rows, "
-            "100k holdouts) the S-learner's treatment feature never split (uplift 0 everywhere); "
-            "the R-learner's Spearman with the true uplift is 0.03-0.06 and it ranks "
-            "persuadables above sleeping dogs on average, but its Qini on the test window is "
-            "not above random (the oracle's own Qini is only 0.0011 vs 0.0005 random)."
+            "The uplift R-learner's effect model. It starts from each action's constant effect "
+            "and adds only the heterogeneity the later slice's R-loss confirms: on the default "
+            "20,000-customer world (about 700k contacts) that is almost none (a tree or a few), "
+            "so the ranking rests on the per-action effects and the value model; on 100,000 "
+            "customers the policy it drives earned 37% of the oracle's profit, against 53% for "
+            "a policy that knows every latent trait (see benchmarks/policy.py)."
         ),
     )
     max_contact_rows: int = Field(

@@ -66,7 +66,8 @@ class FrameEncoder:
         self.categories_ = {}
         for col in self.columns_:
             s = frame[col]
-            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            numeric = pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+            if not (numeric or pd.api.types.is_datetime64_any_dtype(s)):
                 levels = s.astype("category").cat.categories
                 self.categories_[col] = sorted(str(v) for v in levels)
         return self
@@ -81,13 +82,27 @@ class FrameEncoder:
         for col in self.columns_:
             s = frame[col]
             if col in self.categories_:
-                values = s.astype("string").astype(object)
-                out[col] = pd.Categorical(values, categories=self.categories_[col])
+                out[col] = _categorical(s, self.categories_[col])
             elif s.dtype == np.float64:
                 out[col] = s.to_numpy()
+            elif pd.api.types.is_datetime64_any_dtype(s):
+                # a date is a number to a tree (days since 1970), not thousands of categories
+                since_epoch = pd.to_datetime(s, utc=True) - pd.Timestamp(0, tz="UTC")
+                out[col] = (since_epoch / pd.Timedelta(days=1)).to_numpy(dtype=float)
             else:
                 out[col] = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
         return pd.DataFrame(out, index=frame.index, copy=False)
+
+
+def _categorical(s: pd.Series, levels: list[str]) -> pd.Categorical:
+    """`s` coded against the fitted levels (compared as strings); unseen values become NaN.
+
+    Factorising first converts only the few distinct values, not every row.
+    """
+    codes, uniques = pd.factorize(s)
+    position = pd.Index(levels).get_indexer([str(v) for v in uniques])
+    position = np.append(position, -1)  # factorize's -1 (missing) picks this last entry
+    return pd.Categorical.from_codes(position[codes], categories=levels)
 
 
 class CalibratedClassifier:
@@ -276,7 +291,10 @@ class UpliftRLearner:
         y_all = np.concatenate([np.asarray(y), np.asarray(y_cal)]).astype(float)
         self.encoder_ = FrameEncoder().fit(X_all)
         Xe = self.encoder_.transform(X_all)
-        nuisance = lgb.LGBMClassifier(**self.params.sklearn_kwargs())
+        # The out-of-fold baseline takes the tree count validated on the later slice: no more
+        # trees than the data support, and a fraction of the unstopped fit's time.
+        trees = self.baseline_.model_.best_iteration_ or self.params.n_estimators
+        nuisance = lgb.LGBMClassifier(**self.params.sklearn_kwargs() | {"n_estimators": trees})
         folds = KFold(self.uplift.folds, shuffle=True, random_state=self.params.seed)
         m = cross_val_predict(nuisance, Xe, y_all, cv=folds, method="predict_proba")[:, 1]
         self.treated_share_ = pd.Series(t).groupby(X_all[CHANNEL_FEATURE].astype(str).values)

@@ -218,11 +218,17 @@ def test_target_policies_are_distributions_over_the_candidates(world_ope):
 
 
 def test_person_level_estimates_cover_the_true_value(world_ope):
-    """With the reward counted over the person, as the truth is, every interval covers it."""
+    """With the reward counted over the person, as the truth is, the intervals cover it as
+    often as their level says: of 20 95% intervals one may miss (one miss is the expectation),
+    and every estimate lies within its 99% interval (|estimate - truth| <= 2.576 SE)."""
     _, _, _, values = world_ope["person"]
     frame = ope.results_frame(values)
     print(frame.to_string())
-    assert frame["covered"].all(), frame[~frame["covered"].astype(bool)].to_string()
+    missed = frame[~frame["covered"].astype(bool)]
+    assert len(missed) <= 1, missed.to_string()
+    z99 = 2.576
+    outside = frame[(frame["value"] - frame["truth"]).abs() > z99 * frame["se"] + 1e-12]
+    assert outside.empty, outside.to_string()
     # IPS, SNIPS and DR agree closely on the well-supported policies
     for pv in values:
         if pv.name in ("logging", "always", "response"):
