@@ -56,9 +56,9 @@ class ModelConfig(Strict):
             "The uplift R-learner's effect model. It starts from each action's constant effect "
             "and adds only the heterogeneity the later slice's R-loss confirms: on the default "
             "20,000-customer world (about 700k contacts) that is almost none (a tree or a few), "
-            "so the ranking rests on the per-action effects and the value model; on 100,000 "
-            "customers the policy it drives earned 37% of the oracle's profit, against 53% for "
-            "a policy that knows every latent trait (see benchmarks/policy.py)."
+            "so the ranking rests on the per-action effects and the value model. There the "
+            "policy it drives earned 33% of the oracle's profit, against 54% for a policy that "
+            "knows every latent trait (see benchmarks/policy.py)."
         ),
     )
     max_contact_rows: int = Field(
