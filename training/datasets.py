@@ -42,6 +42,7 @@ RESPONDED = "responded"
 PURCHASED = "purchased"
 SPEND = "spend"
 LABELS = [RESPONDED, PURCHASED, SPEND]
+WRITE_ROWS = 500_000  # rows of a training set converted to Arrow at a time when writing parquet
 
 
 @dataclass(frozen=True)
@@ -188,12 +189,15 @@ def iter_snapshot_training_set(
     for t in times:
         if t + horizon >= end:
             continue
-        feats = engine.snapshot(t)
+        f = engine.snapshot(t)
         lab = snapshot_labels(con, data, t, labels.purchase_horizon_days)
-        f = feats.merge(lab, on=CUSTOMER_ID, how="left")
-        f[PURCHASED] = f[PURCHASED].fillna(False).astype(bool)
-        f[SPEND] = f[SPEND].fillna(0.0)
+        # labels joined as two new columns: a merge would copy every feature column
+        lab = lab.set_index(CUSTOMER_ID).reindex(f[CUSTOMER_ID].to_numpy())
+        f[PURCHASED] = lab[PURCHASED].notna().to_numpy()  # a row exists only for buyers
+        f[SPEND] = lab[SPEND].fillna(0.0).to_numpy(dtype=float)
+        del lab
         yield f
+        del f  # this snapshot is freed before the next one is computed
 
 
 def snapshot_training_set(
@@ -217,16 +221,26 @@ def snapshot_training_set(
     frames: list[pd.DataFrame] = []
     rows = 0
     writer: pq.ParquetWriter | None = None
-    parts = iter_snapshot_training_set(con, engine, data, labels, kept)
-    for frame in tqdm(parts, total=len(kept), desc="snapshots", disable=not progress):
+    table: pa.Table | None = None
+    # a bar updated by hand: tqdm wrapping the generator would hold the previous snapshot
+    # (gigabytes at a million customers) while the next one is computed
+    bar = tqdm(total=len(kept), desc="snapshots", disable=not progress)
+    for frame in iter_snapshot_training_set(con, engine, data, labels, kept):
+        bar.update(1)
         rows += len(frame)
         if out is None:
             frames.append(frame)
             continue
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if writer is None:
-            writer = pq.ParquetWriter(out, table.schema, compression="zstd")
-        writer.write_table(table.cast(writer.schema))
+        # converted to Arrow a slice at a time, so only a slice is ever held twice
+        for start in range(0, len(frame), WRITE_ROWS):
+            table = pa.Table.from_pandas(
+                frame.iloc[start : start + WRITE_ROWS], preserve_index=False
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+        frame = table = None
+    bar.close()
     if writer is not None:
         writer.close()
     report = TrainingSetReport(

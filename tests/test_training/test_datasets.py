@@ -71,6 +71,41 @@ def test_snapshot_features_and_labels_respect_the_cut_off(con):
     assert report.rows == 1
 
 
+def test_snapshots_streamed_to_parquet_equal_the_table_in_memory(con, tmp_path, monkeypatch):
+    """Written a slice at a time (slices smaller than a snapshot here), two snapshots hold the
+    same rows, features and labels as the table built in memory."""
+    import training.datasets as datasets
+
+    monkeypatch.setattr(datasets, "WRITE_ROWS", 2)
+    rows = [
+        (
+            f"e{i}",
+            f"c{i % 5}",
+            T - pd.Timedelta(days=40 - i),
+            "web",
+            kind,
+            None,
+            amount,
+            "home",
+            None,
+        )
+        for i, (kind, amount) in enumerate(
+            [("purchase", 10.0 + i) if i % 3 else ("visit", None) for i in range(30)]
+        )
+    ]
+    engine = _engine(con, _events(rows))
+    times = [T - pd.Timedelta(days=20), T - pd.Timedelta(days=10)]
+    table, report = snapshot_training_set(con, engine, DataConfig(), LabelConfig(), times=times)
+    out = tmp_path / "snapshots.parquet"
+    nothing, streamed = snapshot_training_set(
+        con, engine, DataConfig(), LabelConfig(), times=times, out=out
+    )
+    assert nothing is None and streamed.rows == report.rows == len(table) > 4
+    written = pd.read_parquet(out)
+    assert written["purchased"].any() and not written["purchased"].all()
+    pd.testing.assert_frame_equal(written, table, check_dtype=False)
+
+
 def test_customer_with_events_only_after_t_is_not_in_the_snapshot(con):
     ev = _events(
         [
