@@ -351,7 +351,10 @@ class BatchEngine(FeatureEngine):
         frame = pd.DataFrame(values, columns=self.fs.names, copy=False)
         frame.insert(0, AS_OF, pd.Timestamp(as_of_us, unit="us", tz="UTC"))
         frame.insert(0, CUSTOMER_ID, customer_ids)
-        return self._with_profile(frame, customer_ids)
+        result = self._with_profile(frame, customer_ids)
+        del frame, values
+        _return_freed_heap()  # the profile join's intermediates: gigabytes at 1M customers
+        return result
 
     def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
         """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""
