@@ -200,6 +200,19 @@ def iter_snapshot_training_set(
         del f  # this snapshot is freed before the next one is computed
 
 
+def _append_parquet(
+    writer: pq.ParquetWriter | None, out: Path, frame: pd.DataFrame
+) -> pq.ParquetWriter | None:
+    """Append `frame` to the parquet file (opened on the first rows), converted to Arrow a
+    slice at a time so that only a slice is ever held twice."""
+    for start in range(0, len(frame), WRITE_ROWS):
+        table = pa.Table.from_pandas(frame.iloc[start : start + WRITE_ROWS], preserve_index=False)
+        if writer is None:
+            writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+        writer.write_table(table.cast(writer.schema))
+    return writer
+
+
 def snapshot_training_set(
     con: duckdb.DuckDBPyConnection,
     engine: BatchEngine,
@@ -221,7 +234,6 @@ def snapshot_training_set(
     frames: list[pd.DataFrame] = []
     rows = 0
     writer: pq.ParquetWriter | None = None
-    table: pa.Table | None = None
     # a bar updated by hand: tqdm wrapping the generator would hold the previous snapshot
     # (gigabytes at a million customers) while the next one is computed
     bar = tqdm(total=len(kept), desc="snapshots", disable=not progress)
@@ -231,15 +243,8 @@ def snapshot_training_set(
         if out is None:
             frames.append(frame)
             continue
-        # converted to Arrow a slice at a time, so only a slice is ever held twice
-        for start in range(0, len(frame), WRITE_ROWS):
-            table = pa.Table.from_pandas(
-                frame.iloc[start : start + WRITE_ROWS], preserve_index=False
-            )
-            if writer is None:
-                writer = pq.ParquetWriter(out, table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
-        frame = table = None
+        writer = _append_parquet(writer, out, frame)
+        frame = None  # freed before the next snapshot is computed
     bar.close()
     if writer is not None:
         writer.close()
