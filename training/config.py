@@ -53,12 +53,13 @@ class ModelConfig(Strict):
     uplift: UpliftParams = Field(
         default_factory=UpliftParams,
         description=(
-            "The uplift R-learner's effect model. It starts from each action's constant effect "
-            "and adds only the heterogeneity the later slice's R-loss confirms: on the default "
-            "20,000-customer world (about 700k contacts) that is almost none (a tree or a few), "
-            "so the ranking rests on the per-action effects and the value model. There the "
-            "policy it drives earned 33% of the oracle's profit, against 54% for a policy that "
-            "knows every latent trait (see benchmarks/policy.py)."
+            "The uplift R-learner's effect model. It starts from each action's effect, a "
+            "constant or a line in the baseline purchase probability (whichever the later "
+            "slice's R-loss prefers), and adds only the heterogeneity that R-loss confirms: on "
+            "the default 20,000-customer world (about 700k contacts) that is a constant and "
+            "almost no trees, so the ranking rests on the per-action effects and the value "
+            "model. There the policy it drives earned 33% of the oracle's profit, against 54% "
+            "for a policy that knows every latent trait (see benchmarks/policy.py)."
         ),
     )
     max_contact_rows: int = Field(

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import matplotlib
+# Figures are built without pyplot: no display needed, and nothing keeps them alive once logged.
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from training.metrics import calibration_curve_by_quantile, cumulative_gain, qini_curve  # noqa: E402
+from training.metrics import calibration_curve_by_quantile, cumulative_gain, qini_curve
 
 
 def _thin(x: np.ndarray, y: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +17,8 @@ def _thin(x: np.ndarray, y: np.ndarray, points: int = 400) -> tuple[np.ndarray, 
 
 def gain_figure(y: np.ndarray, scores: dict[str, np.ndarray], title: str) -> Figure:
     """Cumulative gain of each scorer (model, heuristic, oracle) against random targeting."""
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     for name, s in scores.items():
         ax.plot(*_thin(*cumulative_gain(y, s)), label=name)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="random")
@@ -32,7 +29,8 @@ def gain_figure(y: np.ndarray, scores: dict[str, np.ndarray], title: str) -> Fig
 
 
 def calibration_figure(y: np.ndarray, probs: dict[str, np.ndarray], title: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     top = 0.0
     for name, p in probs.items():
         mean_p, rate = calibration_curve_by_quantile(y, p)
@@ -48,7 +46,8 @@ def calibration_figure(y: np.ndarray, probs: dict[str, np.ndarray], title: str) 
 def qini_figure(
     y: np.ndarray, treated: np.ndarray, scores: dict[str, np.ndarray], title: str
 ) -> Figure:
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     last = 0.0
     for name, s in scores.items():
         frac, q = qini_curve(y, treated, s)
@@ -63,7 +62,8 @@ def qini_figure(
 
 def importance_figure(importance: pd.Series, title: str, top: int = 25) -> Figure:
     shown = importance.head(top)[::-1]
-    fig, ax = plt.subplots(figsize=(6, max(3, 0.22 * len(shown))))
+    fig = Figure(figsize=(6, max(3, 0.22 * len(shown))))
+    ax = fig.subplots()
     ax.barh(shown.index, shown.to_numpy())
     ax.set(xlabel="total gain", title=title)
     fig.tight_layout()

@@ -26,3 +26,42 @@ def test_encoder_turns_dates_into_days_not_categories():
     days = enc.transform(later)["signup"].to_numpy()
     assert days[0] == (pd.Timestamp("2021-01-01") - pd.Timestamp(0)).days  # 18628
     assert np.isnan(days[1])
+
+
+def _randomised(n: int, effect, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A randomised e-mail experiment whose effect is `effect(p0)` on the base rate p0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    p0 = 1.0 / (1.0 + np.exp(-(-2.0 + 1.2 * x)))
+    t = rng.random(n) < 0.5
+    y = rng.random(n) < p0 + t * effect(p0)
+    X = pd.DataFrame({"x": x, "channel": "email", "action_id": "email_offer"})
+    return X, t, y
+
+
+def _fit(X: pd.DataFrame, t: np.ndarray, y: np.ndarray):
+    from training.config import LGBMParams
+    from training.models import UpliftRLearner
+
+    later = np.arange(len(X)) >= int(0.7 * len(X))
+    params = LGBMParams(n_estimators=100, num_leaves=7, n_jobs=1)
+    return UpliftRLearner(params).fit(X[~later], t[~later], y[~later], X[later], t[later], y[later])
+
+
+def test_r_learner_finds_an_effect_that_scales_with_the_baseline():
+    # Hillstrom-like: the e-mail adds 40% to whatever the customer would have done anyway
+    X, t, y = _randomised(60_000, lambda p0: 0.4 * p0)
+    model = _fit(X, t, y)
+    assert model.effect_scales_with_baseline_
+    true = 0.4 / (1.0 + np.exp(-(-2.0 + 1.2 * X["x"].to_numpy())))
+    uplift = model.predict_uplift(X)
+    assert pd.Series(uplift).corr(pd.Series(true), method="spearman") > 0.9
+    assert abs(uplift.mean() - true.mean()) < 0.3 * true.mean()
+
+
+def test_r_learner_effect_of_an_unseen_action_is_its_channels():
+    X, t, y = _randomised(30_000, lambda p0: 0.05 + 0 * p0)
+    model = _fit(X, t, y)
+    new = X.head(5).assign(action_id="email_new_offer")
+    np.testing.assert_allclose(model.predict_uplift(new), model.predict_uplift(X.head(5)))
+    assert abs(model.predict_uplift(X).mean() - 0.05) < 0.02
