@@ -8,8 +8,9 @@ time t uses only events with ts < t. Two shapes of query:
   customer's earlier events (the cost is the customer's events times their query points).
 
 On DuckDB a snapshot does not run the SQL: `features.scan_aggregates` computes the same base
-aggregates from one projection scan reduced in numpy, a customer_id range at a time (about 4x
-faster, and memory bounded by a range plus the result); a test holds it to the SQL's numbers.
+aggregates from one projection scan reduced by a compiled loop, a customer_id range at a time
+(many times faster, and memory bounded by a range plus the result); a test holds it to the
+SQL's numbers.
 """
 
 from __future__ import annotations

@@ -1,19 +1,21 @@
-"""Snapshot base aggregates in one columnar scan: DuckDB reads the rows, numpy reduces them.
+"""Snapshot base aggregates in one columnar scan: DuckDB reads the rows, a compiled loop reduces them.
 
 `features.batch.base_aggregates_sql` states every base aggregate as SQL (the definition Spark
 runs, and DuckDB for query points). For a snapshot, a hash aggregate per (customer, channel,
-event type) followed by a ~200-column pivot costs DuckDB about twenty times a plain GROUP BY.
-This module computes the same numbers from a single projection scan:
+event type) followed by a ~200-column pivot costs DuckDB about twenty times a plain GROUP BY,
+and a numpy reduction (a bincount per row value and filter class) about ten. This module
+computes the same numbers from a single projection scan:
 
 1. DuckDB streams the rows before the as-of time as a few narrow columns (customer_id, ts in
    microseconds, small integer codes for channel, event type and category, amount);
-2. each row gets a customer index and a class: which aggregate filters its (channel, event
-   type[, hour, weekday, category]) passes. Per row value an aggregate reduces (a decay weight,
-   the amount, the timestamp, ...), rows are reduced per (class, customer) cell with
-   `np.bincount` (sums) or `np.maximum.at` / `np.minimum.at` (last, first);
-3. each aggregate is then the sum, max or min of its classes' cells, customer by customer.
+2. a plan maps each (channel, event type) pair, and each (pair, hour / weekday / category), to
+   the base aggregates whose filter it passes, with the operation each applies;
+3. one pass over the rows, compiled with numba, adds each row's value (a decay weight, the
+   amount, one, a window indicator) to those aggregates or takes the max / min of its time.
+   The event store is sorted by customer_id, so a customer's row of the result stays in cache.
 
-Two threads reduce ranges while DuckDB scans the next one (see `scan_partitions`).
+Two threads reduce ranges while DuckDB scans the next one (see `scan_partitions`); the compiled
+loop releases the GIL.
 
 An aggregate with no matching event is NaN, as SQL's `SUM(CASE ...)` over no rows is NULL.
 
@@ -32,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import duckdb
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,86 +42,95 @@ import pyarrow.compute as pc
 from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
 
-_SUM, _MAX, _MIN = "sum", "max", "min"  # how a row value is reduced per cell
 _CUSTOMERS_SAMPLED = 20_000
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
-
-# per aggregate operation: the row value it reduces, whether its parameter (a half-life or a
-# window) enters that value, and its reducer
-_ROW_VALUES: dict[str, tuple[str, bool, str]] = {
-    "decayed_count": ("decay", True, _SUM),
-    "decayed_amount": ("amount_decay", True, _SUM),
-    "count": ("one", False, _SUM),
-    "amount": ("amount", False, _SUM),
-    "window_count": ("in_window", True, _SUM),
-    "last": ("ts", False, _MAX),
-    "first": ("ts", False, _MIN),
+# operation codes of the compiled loop
+_OPS = {
+    "decayed_count": 0,
+    "decayed_amount": 1,
+    "count": 2,
+    "amount": 3,
+    "window_count": 4,
+    "last": 5,
+    "first": 6,
 }
-
-
-def _value_of(b: BaseAggregate) -> tuple[str, float | None, str]:
-    """The row value an aggregate reduces, its parameter and its reducer."""
-    if b.op not in _ROW_VALUES:
-        raise ValueError(f"unknown aggregate operation {b.op}")
-    value, parametrised, reducer = _ROW_VALUES[b.op]
-    return value, b.param if parametrised else None, reducer
-
-
-@dataclass(frozen=True)
-class _Group:
-    """Aggregates reducing one row value over one dimension, and their (class, dim value) cells.
-
-    `pair_class[pair]` is the class of a (channel code, event type code) pair, -1 when no
-    aggregate takes it; `dim_index[code]` the position of a dimension code among the group's
-    dimension values, -1 when none asks for it. Cell = class * n_dim + dim position, and
-    `cells[j]` lists the cells aggregate `columns[j]` (a column of the base matrix) reduces.
-    Groups without a dimension share one class layout (classes of all their filters), so their
-    rows are indexed and counted once a scan.
-    """
-
-    value: str
-    param: float | None
-    reducer: str
-    dim: str | None
-    pair_class: np.ndarray
-    dim_index: np.ndarray
-    n_dim: int
-    n_cells: int
-    cells: tuple[np.ndarray, ...]
-    columns: np.ndarray
+# a pair's target lists, per dimension: none, hour 0-23, weekday 0-6, category 0..n (0: other)
+_HOUR0, _DOW0, _CAT0 = 1, 25, 32
 
 
 @dataclass(frozen=True)
 class ScanPlan:
-    """What one snapshot scan reads and how its rows map to every base aggregate of a set."""
+    """What one snapshot scan reads and which base aggregates each of its rows feeds.
+
+    Targets are a compressed list per key, key = pair * stride + slot, where pair is the
+    (channel code, event type code) of the row and slot 0 (no dimension), 1 + hour, 25 +
+    weekday or 32 + category code: `ptr[key]:ptr[key + 1]` index `column`, `op` and `param`
+    (the position of the aggregate's decay rate or window in `rates` / `windows_us`).
+    """
 
     channels: list[str]
     event_types: list[str]
     categories: list[str]
-    groups: list[_Group]
     n_base: int
+    stride: int
+    ptr: np.ndarray
+    column: np.ndarray
+    op: np.ndarray
+    param: np.ndarray
+    rates: np.ndarray
+    windows_us: np.ndarray
 
     @classmethod
     def of(cls, fs: FeatureSet) -> ScanPlan:
         channels = list(dict.fromkeys([*fs.data.channel_names, *_channels_named(fs.base)]))
         event_types = list(dict.fromkeys(t for b in fs.base for t in b.event_types))
         categories = list(dict.fromkeys(str(b.dim_value) for b in fs.base if b.dim == "category"))
-        by_key: dict[tuple[str, float | None, str, str | None], list[int]] = {}
+        rates = sorted({b.decay_rate_per_us for b in fs.base if b.op.startswith("decayed")})
+        windows = sorted(
+            {int(round(float(b.param) * US_PER_DAY)) for b in fs.base if b.op == "window_count"}
+        )
+        stride = _CAT0 + len(categories) + 1
+        n_types = len(event_types) + 1
+        targets: dict[int, list[tuple[int, int, int]]] = {}
         for j, b in enumerate(fs.base):
-            by_key.setdefault((*_value_of(b), b.dim), []).append(j)
-        undimensioned = [b for b in fs.base if b.dim is None]
-        groups = [
-            _group(
-                fs.base,
-                cols,
-                key,
-                undimensioned if key[-1] is None else [fs.base[j] for j in cols],
-                (channels, event_types, categories),
-            )
-            for key, cols in by_key.items()
-        ]
-        return cls(channels, event_types, categories, groups, len(fs.base))
+            if b.op not in _OPS:
+                raise ValueError(f"unknown aggregate operation {b.op}")
+            slot = _slot(b, categories)
+            if slot is None:
+                continue  # a dimension value no row can have
+            if b.op.startswith("decayed"):
+                param = rates.index(b.decay_rate_per_us)
+            elif b.op == "window_count":
+                param = windows.index(int(round(float(b.param) * US_PER_DAY)))
+            else:
+                param = 0
+            for ci, ch in enumerate(channels, start=1):
+                if b.channels is not None and ch not in b.channels:
+                    continue
+                for ti, et in enumerate(event_types, start=1):
+                    if et in b.event_types:
+                        key = (ci * n_types + ti) * stride + slot
+                        targets.setdefault(key, []).append((j, _OPS[b.op], param))
+        n_keys = (len(channels) + 1) * n_types * stride
+        sizes = np.zeros(n_keys + 1, dtype=np.int64)
+        for key, items in targets.items():
+            sizes[key + 1] = len(items)
+        flat = [targets[key][k] for key in sorted(targets) for k in range(len(targets[key]))]
+        table = np.array(flat, dtype=np.int64).reshape(-1, 3)
+        return cls(
+            channels=channels,
+            event_types=event_types,
+            categories=categories,
+            n_base=len(fs.base),
+            stride=stride,
+            ptr=np.cumsum(sizes),
+            column=table[:, 0].copy(),
+            op=table[:, 1].copy(),
+            param=table[:, 2].copy(),
+            rates=np.array(rates, dtype=np.float64),
+            windows_us=np.array(windows, dtype=np.int64),
+        )
 
     @property
     def n_pairs(self) -> int:
@@ -150,76 +162,21 @@ class ScanPlan:
         )
 
 
+def _slot(b: BaseAggregate, categories: list[str]) -> int | None:
+    """The target-list slot of an aggregate's dimension value (None: no row can have it)."""
+    if b.dim is None:
+        return 0
+    if b.dim == "hour":
+        return _HOUR0 + int(b.dim_value) if 0 <= int(b.dim_value) < 24 else None
+    if b.dim == "dow":
+        return _DOW0 + int(b.dim_value) if 0 <= int(b.dim_value) < 7 else None
+    if b.dim == "category":
+        return _CAT0 + categories.index(str(b.dim_value)) + 1
+    raise ValueError(f"unknown feature dimension {b.dim}")
+
+
 def _channels_named(base: list[BaseAggregate]) -> list[str]:
     return [c for b in base for c in (b.channels or ())]
-
-
-def _group(
-    base: list[BaseAggregate],
-    cols: list[int],
-    key: tuple[str, float | None, str, str | None],
-    class_aggs: list[BaseAggregate],
-    vocabularies: tuple[list[str], list[str], list[str]],
-) -> _Group:
-    """The group of aggregates `cols` (all with `key`); pairs are classed by `class_aggs`."""
-    value, param, reducer, dim = key
-    channels, event_types, categories = vocabularies
-    aggs = [base[j] for j in cols]
-    # class of a (channel, event type) pair: which of the class-defining filters it passes
-    n_types = len(event_types) + 1
-    pair_class = np.full((len(channels) + 1) * n_types, -1, dtype=np.int64)
-    members: list[frozenset[int]] = []
-    for ci, ch in enumerate(channels, start=1):
-        for ti, et in enumerate(event_types, start=1):
-            member = frozenset(
-                k
-                for k, b in enumerate(class_aggs)
-                if et in b.event_types and (b.channels is None or ch in b.channels)
-            )
-            if not member:
-                continue
-            if member not in members:
-                members.append(member)
-            pair_class[ci * n_types + ti] = members.index(member)
-    # dimension codes: hour 0-23, weekday 0-6, category 1-based position (0: other or null)
-    position: dict[int | str | None, int] = {}
-    if dim is None:
-        dim_index = np.zeros(1, dtype=np.int64)
-        position[None] = 0
-    else:
-        size = {"hour": 24, "dow": 7, "category": len(categories) + 1}[dim]
-        dim_index = np.full(size, -1, dtype=np.int64)
-        for v in dict.fromkeys(b.dim_value for b in aggs):
-            code = categories.index(str(v)) + 1 if dim == "category" else int(v)
-            if 0 <= code < size:
-                position[v] = len(position)
-                dim_index[code] = position[v]
-    n_dim = max(len(position), 1)
-    index_in_classes = {id(b): k for k, b in enumerate(class_aggs)}
-    cells = []
-    for b in aggs:
-        k = index_in_classes[id(b)]
-        v = b.dim_value if dim is not None else None
-        cells.append(
-            np.array(
-                [c * n_dim + position[v] for c, m in enumerate(members) if k in m]
-                if v in position
-                else [],
-                dtype=np.int64,
-            )
-        )
-    return _Group(
-        value=value,
-        param=param,
-        reducer=reducer,
-        dim=dim,
-        pair_class=pair_class,
-        dim_index=dim_index,
-        n_dim=n_dim,
-        n_cells=len(members) * n_dim,
-        cells=tuple(cells),
-        columns=np.asarray(cols, dtype=np.int64),
-    )
 
 
 def _quote(value: str) -> str:
@@ -302,6 +259,78 @@ def _non_empty(part: Partition) -> Iterator[Partition]:
         yield part
 
 
+def _string_buffers(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets and bytes of a string array without nulls (views, no copy)."""
+    _, offsets, data = ids.buffers()
+    width = np.int64 if pa.types.is_large_string(ids.type) else np.int32
+    offsets = np.frombuffer(offsets, dtype=width)[ids.offset : ids.offset + len(ids) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+@numba.njit(nogil=True, cache=True)
+def _id_changes(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """changed[i]: string i + 1 differs from string i."""
+    n = len(offsets) - 1
+    changed = np.zeros(max(n - 1, 0), dtype=np.bool_)
+    for i in range(n - 1):
+        a, b, end = offsets[i], offsets[i + 1], offsets[i + 2]
+        if b - a != end - b:
+            changed[i] = True
+            continue
+        for k in range(b - a):
+            if data[a + k] != data[b + k]:
+                changed[i] = True
+                break
+    return changed
+
+
+def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Index of each row's customer among the sorted distinct customer ids, and those ids.
+
+    The event store is sorted by customer_id, but a parallel scan may hand its row groups over
+    out of order: the rows come as runs of one customer each. The runs are found by comparing
+    neighbouring ids (compiled), and only the runs' ids, not every row's, are sorted when the
+    runs are not already in order.
+    """
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.large_string())
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), ids
+    changed = _id_changes(*_string_buffers(ids))
+    run = np.zeros(n, dtype=np.int64)
+    np.cumsum(changed, out=run[1:])
+    run_ids = ids.take(pa.array(np.concatenate([[0], np.flatnonzero(changed) + 1])))
+    m = len(run_ids)
+    if m == 1 or pc.all(pc.less(run_ids.slice(0, m - 1), run_ids.slice(1))).as_py():
+        return run, run_ids
+    encoded = pc.dictionary_encode(run_ids)
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    run_rank = rank[encoded.indices.to_numpy()]
+    return run_rank[run], encoded.dictionary.take(pa.array(order))
+
+
+@numba.njit(nogil=True, cache=True)
+def _id_changes(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """changed[i]: string i + 1 differs from string i."""
+    n = len(offsets) - 1
+    changed = np.zeros(max(n - 1, 0), dtype=np.bool_)
+    for i in range(n - 1):
+        a, b, end = offsets[i], offsets[i + 1], offsets[i + 2]
+        if b - a != end - b:
+            changed[i] = True
+            continue
+        for k in range(b - a):
+            if data[a + k] != data[b + k]:
+                changed[i] = True
+                break
+    return changed
+
+
 def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Index of each row's customer among the sorted distinct customer ids, and those ids.
 
@@ -309,11 +338,13 @@ def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     where the id changes; any other order is dictionary-encoded and the dictionary sorted.
     """
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.large_string())
     n = len(ids)
     if n == 0:
         return np.zeros(0, dtype=np.int64), ids
     # where the id changes; sorted when the ids at those rows strictly increase
-    changed = pc.not_equal(ids.slice(0, n - 1), ids.slice(1)).to_numpy(zero_copy_only=False)
+    changed = _id_changes(*_string_buffers(ids))
     starts = np.concatenate([[0], np.flatnonzero(changed) + 1])
     firsts = ids.take(pa.array(starts))
     m = len(firsts)
@@ -328,105 +359,96 @@ def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return rank[encoded.indices.to_numpy()], encoded.dictionary.take(pa.array(order))
 
 
-def _dim_codes(dim: str | None, ts_us: np.ndarray, category: np.ndarray) -> np.ndarray:
-    """Each row's dimension code, as `base_aggregates_sql` computes it: floor of the hours (days)
-    since the epoch, C remainder. Integer floor division equals SQL's FLOOR(ts / 3.6e9.0) for
-    every timestamp below 2^53 us (the double quotient never rounds across an integer)."""
-    if dim is None:
-        return np.zeros(len(ts_us), dtype=np.int64)
-    if dim == "hour":
-        return np.fmod(ts_us // 3_600_000_000, 24)
-    if dim == "dow":
-        return np.fmod(ts_us // US_PER_DAY + 3, 7)
-    if dim == "category":
-        return category.astype(np.int64)
-    raise ValueError(f"unknown feature dimension {dim}")
+@numba.njit(nogil=True, cache=True)
+def _c_remainder(x: int, m: int) -> int:
+    """x % m with C's sign (SQL's `%`): negative for negative x."""
+    return x - int(x / m) * m
 
 
-def _cell_sum(grid: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """Per customer, the sum of a (cells x customers) grid over some cells (a view for one)."""
-    if len(cells) == 1:
-        return grid[cells[0]]
-    return grid[cells].sum(axis=0)
-
-
-def _take(values: np.ndarray, sel: np.ndarray | None) -> np.ndarray:
-    """`values` at the selected rows; all of them (no copy) when `sel` is None."""
-    return values if sel is None else values[sel]
+@numba.njit(nogil=True, cache=True)
+def _reduce_loop(
+    cust: np.ndarray,
+    ts_us: np.ndarray,
+    pair: np.ndarray,
+    category: np.ndarray,
+    amount: np.ndarray,
+    as_of_us: int,
+    stride: int,
+    ptr: np.ndarray,
+    column: np.ndarray,
+    op: np.ndarray,
+    param: np.ndarray,
+    rates: np.ndarray,
+    windows_us: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Add every row to the aggregates its (pair, dimension values) feed; `out` starts NaN."""
+    decay = np.empty(len(rates))
+    for i in range(len(ts_us)):
+        c, t = cust[i], ts_us[i]
+        age = float(as_of_us - t)
+        for k in range(len(rates)):
+            decay[k] = math.exp(-rates[k] * age)
+        hour = _c_remainder(t // 3_600_000_000, 24)
+        dow = _c_remainder(t // US_PER_DAY + 3, 7)
+        first_key = int(pair[i]) * stride
+        for d in range(4):
+            if d == 0:
+                key = first_key
+            elif d == 1:
+                if hour < 0:
+                    continue
+                key = first_key + _HOUR0 + hour
+            elif d == 2:
+                if dow < 0:
+                    continue
+                key = first_key + _DOW0 + dow
+            else:
+                key = first_key + _CAT0 + int(category[i])
+            for e in range(ptr[key], ptr[key + 1]):
+                j, o = column[e], op[e]
+                old = out[c, j]
+                if o == 5:  # last
+                    if not old >= t:  # NaN or earlier
+                        out[c, j] = t
+                    continue
+                if o == 6:  # first
+                    if not old <= t:
+                        out[c, j] = t
+                    continue
+                if o == 0:
+                    v = decay[param[e]]
+                elif o == 1:
+                    v = amount[i] * decay[param[e]]
+                elif o == 2:
+                    v = 1.0
+                elif o == 3:
+                    v = amount[i]
+                else:
+                    v = 1.0 if t >= as_of_us - windows_us[param[e]] else 0.0
+                out[c, j] = v if math.isnan(old) else old + v
 
 
 def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
     """Every base aggregate of the customers in `rows` (the scan's columns)."""
     cust, ids = _customer_index(rows.column(CUSTOMER_ID))
-    n = len(ids)
-    ts_us = rows.column("ts_us").to_numpy()
-    pair = rows.column("pair").to_numpy()
-    category = rows.column("category").to_numpy()
-    amount = rows.column("amount").to_numpy()
-    # column-major: each aggregate is written, and later read by the derivation, as one column
-    base = np.empty((n, plan.n_base), order="F")
-    if n == 0:
+    base = np.full((len(ids), plan.n_base), np.nan)
+    if len(ids) == 0:
         return Partition(ids, base)
-
-    values: dict[tuple[str, float | None], np.ndarray] = {}
-
-    def row_value(kind: str, param: float | None) -> np.ndarray:
-        """A row value, computed once a scan and shared by the groups that reduce it."""
-        key = (kind, param)
-        if key not in values:
-            if kind == "decay":
-                rate = math.log(2.0) / (float(param) * US_PER_DAY)
-                values[key] = np.exp(-rate * (as_of_us - ts_us).astype(np.float64))
-            elif kind == "amount_decay":
-                values[key] = amount * row_value("decay", param)
-            elif kind == "amount":
-                values[key] = amount
-            elif kind == "in_window":
-                w_us = int(round(float(param) * US_PER_DAY))
-                values[key] = (ts_us >= as_of_us - w_us).astype(np.float64)
-            elif kind == "ts":
-                values[key] = ts_us.astype(np.float64)
-            else:
-                raise ValueError(f"unknown row value {kind}")
-        return values[key]
-
-    # rows, cells (cell * n + customer: a cell's customers are contiguous) and row counts per
-    # cell of a (pair classes, dimension) layout, shared by the groups that have it
-    layouts: dict[tuple[bytes, bytes, str | None], tuple[np.ndarray | None, np.ndarray, np.ndarray]]
-    layouts = {}
-    for g in plan.groups:
-        key = (g.pair_class.tobytes(), g.dim_index.tobytes(), g.dim)
-        if key not in layouts:
-            klass = g.pair_class[pair]
-            if g.dim is None:
-                keep = klass >= 0
-            else:
-                code = _dim_codes(g.dim, ts_us, category)
-                inside = (code >= 0) & (code < len(g.dim_index))
-                position = g.dim_index[np.where(inside, code, 0)]
-                klass = klass * g.n_dim + position
-                keep = (klass >= 0) & inside & (position >= 0)
-            sel = None if keep.all() else np.flatnonzero(keep)
-            cell = _take(klass, sel) * n + _take(cust, sel)
-            counts = np.bincount(cell, minlength=g.n_cells * n).reshape(g.n_cells, n)
-            layouts[key] = (sel, cell, counts)
-        sel, cell, counts = layouts[key]
-        size = g.n_cells * n
-        if g.reducer == _SUM:
-            grid = counts
-            if g.value != "one":
-                weights = _take(row_value(g.value, g.param), sel)
-                grid = np.bincount(cell, weights=weights, minlength=size).reshape(g.n_cells, n)
-            for col, cells in zip(g.columns, g.cells, strict=True):
-                matches, total = _cell_sum(counts, cells), _cell_sum(grid, cells)
-                base[:, col] = np.where(matches > 0, total, np.nan)
-        else:
-            fill = -np.inf if g.reducer == _MAX else np.inf
-            grid = np.full(size, fill)
-            ufunc = np.maximum if g.reducer == _MAX else np.minimum
-            ufunc.at(grid, cell, _take(row_value(g.value, g.param), sel))
-            grid = grid.reshape(g.n_cells, n)
-            for col, cells in zip(g.columns, g.cells, strict=True):
-                best = ufunc.reduce(grid[cells], axis=0, initial=fill)
-                base[:, col] = np.where(np.isfinite(best), best, np.nan)
+    _reduce_loop(
+        cust,
+        rows.column("ts_us").to_numpy(),
+        rows.column("pair").to_numpy(),
+        rows.column("category").to_numpy(),
+        rows.column("amount").to_numpy(),
+        int(as_of_us),
+        plan.stride,
+        plan.ptr,
+        plan.column,
+        plan.op,
+        plan.param,
+        plan.rates,
+        plan.windows_us,
+        base,
+    )
     return Partition(ids, base)
