@@ -339,12 +339,15 @@ class UpliftRLearner:
         return self
 
     def __setstate__(self, state: dict) -> None:
-        """Bundles pickled before the effect lines had constants per action, channel and all."""
+        """Bundles pickled by earlier versions: constants per action, channel and everyone."""
         if "effect_lines_" not in state and "channel_effects_" in state:
             constants = [state.pop("action_effects_"), state.pop("channel_effects_")]
-            constants = [c for c in constants if c] + [{"all": state.pop("mean_effect_")}]
+            constants = [c for c in constants if c] + [{"0": state.pop("mean_effect_")}]
             state["effect_lines_"] = [{k: (v, 0.0) for k, v in c.items()} for c in constants]
             state["effect_scales_with_baseline_"] = False
+        lines = state.get("effect_lines_")
+        if lines and "all" in lines[-1]:  # the everyone key of commit 6bf505a
+            lines[-1] = {"0": lines[-1]["all"]}
         self.__dict__.update(state)
 
     def _fit_action_effects(
@@ -383,9 +386,9 @@ class UpliftRLearner:
 
     @staticmethod
     def _effect_keys(X: pd.DataFrame) -> list[np.ndarray]:
-        """Most to least specific: the action (if given), the channel, everyone."""
-        keys = [X[ACTION_FEATURE].astype(str).to_numpy()] if ACTION_FEATURE in X.columns else []
-        return [*keys, X[CHANNEL_FEATURE].astype(str).to_numpy(), np.full(len(X), "all")]
+        """Most to least specific: the action (if given), the channel, everyone (key "0")."""
+        keys = [X[ACTION_FEATURE].to_numpy()] if ACTION_FEATURE in X.columns else []
+        return [*keys, X[CHANNEL_FEATURE].to_numpy(), np.zeros(len(X), dtype=np.int8)]
 
     @staticmethod
     def _effect(
@@ -394,9 +397,12 @@ class UpliftRLearner:
         """a + b * m per row from the most specific line fitted for the row's key."""
         a, b = np.full(len(m), np.nan), np.full(len(m), np.nan)
         for fitted, values in zip(lines, keys, strict=True):
-            v = pd.Series(values)
-            a = np.where(np.isnan(a), v.map({k: ab[0] for k, ab in fitted.items()}), a)
-            b = np.where(np.isnan(b), v.map({k: ab[1] for k, ab in fitted.items()}), b)
+            # a frame holds one or a few actions: look the distinct keys up, not every row
+            codes, distinct = pd.factorize(values)
+            looked_up = [fitted.get(str(k), (np.nan, np.nan)) for k in distinct]
+            ab = np.array([*looked_up, (np.nan, np.nan)])
+            a = np.where(np.isnan(a), ab[codes, 0], a)
+            b = np.where(np.isnan(b), ab[codes, 1], b)
         return np.nan_to_num(a) + np.nan_to_num(b) * m
 
     def _action_effect(self, X: pd.DataFrame, m: np.ndarray | None = None) -> np.ndarray:
