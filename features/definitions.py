@@ -79,13 +79,14 @@ class FeatureConfig(Strict):
         description="Product categories with their own affinity feature.",
     )
     snapshot_partition_events: int = Field(
-        default=1_000_000,
+        default=4_000_000,
         gt=0,
         description=(
             "A DuckDB snapshot scans and reduces the events a customer_id range at a time, ranges "
-            "of about this many events: memory is bounded by a range (about 100 bytes an event "
-            "while it is reduced), and on the sorted event store a range reads only its own "
-            "parquet row groups, so more ranges cost little time."
+            "of about this many events: memory is bounded by the ranges in flight (about 100 "
+            "bytes an event while it is reduced), and on the sorted event store a range reads "
+            "only its own parquet row groups. Each range is a query of its own (1M customers, "
+            "77M events: 13.2 s with 4M-event ranges, 15.5 s with 1M, 14.2 s with 8M)."
         ),
     )
     profile_columns: list[str] | None = Field(
@@ -287,6 +288,12 @@ def _base_aggregates(data: DataConfig, cfg: FeatureConfig) -> list[BaseAggregate
     return out
 
 
+def _zero_if_missing(x: np.ndarray) -> np.ndarray:
+    """An aggregate with no matching event (NaN) counts as 0 (a few times faster than
+    `np.nan_to_num`, which also scans for infinities)."""
+    return np.where(np.isnan(x), 0.0, x)
+
+
 class _DerivationPlan:
     """Column indices of each derived feature group, resolved once; `run` is a few numpy ops."""
 
@@ -367,16 +374,16 @@ class _DerivationPlan:
     def run(self, base: np.ndarray, as_of_us: np.ndarray) -> np.ndarray:
         as_of = np.asarray(as_of_us, dtype=np.float64).reshape(-1, 1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            parts = [np.nan_to_num(base[:, self.copy_idx], nan=0.0)]
+            parts = [_zero_if_missing(base[:, self.copy_idx])]
             parts.append((as_of - base[:, self.since_idx]) / US_PER_DAY)
-            resp = np.nan_to_num(base[:, self.rate_resp], nan=0.0)
-            cont = np.nan_to_num(base[:, self.rate_cont], nan=0.0)
+            resp = _zero_if_missing(base[:, self.rate_resp])
+            cont = _zero_if_missing(base[:, self.rate_cont])
             parts.append((resp + self.k * self.rate_prior) / (cont + self.k))
             g, r = base[:, self.granted], base[:, self.revoked]
             parts.append((~np.isnan(g) & (np.isnan(r) | (g > r))).astype(np.float64))
 
-            n = np.nan_to_num(base[:, self.count], nan=0.0)
-            spend = np.nan_to_num(base[:, self.spend], nan=0.0)
+            n = _zero_if_missing(base[:, self.count])
+            spend = _zero_if_missing(base[:, self.spend])
             monetary_mean = np.where(n > 0, spend / n, np.nan)
             inter = np.where(
                 n >= 2,
@@ -384,20 +391,18 @@ class _DerivationPlan:
                 np.nan,
             )
             tenure = (as_of[:, 0] - base[:, self.e_first]) / US_PER_DAY
-            total = np.nan_to_num(base[:, self.all_long], nan=0.0)
-            offline = (
-                np.nan_to_num(base[:, self.offline], nan=0.0) if self.offline is not None else 0.0
-            )
+            total = _zero_if_missing(base[:, self.all_long])
+            offline = _zero_if_missing(base[:, self.offline]) if self.offline is not None else 0.0
             share = np.where(total > 0, 1.0 - offline / total, np.nan)
             parts.append(np.column_stack([monetary_mean, inter, tenure, share]))
 
-            hours = np.nan_to_num(base[:, self.hours], nan=0.0)
-            dows = np.nan_to_num(base[:, self.dows], nan=0.0)
+            hours = _zero_if_missing(base[:, self.hours])
+            dows = _zero_if_missing(base[:, self.dows])
             pref_hour = np.where(hours.sum(axis=1) > 0, hours.argmax(axis=1), np.nan)
             pref_dow = np.where(dows.sum(axis=1) > 0, dows.argmax(axis=1), np.nan)
             parts.append(np.column_stack([pref_hour, pref_dow]))
 
-            cats = np.nan_to_num(base[:, self.cats], nan=0.0)
+            cats = _zero_if_missing(base[:, self.cats])
             cat_total = cats.sum(axis=1, keepdims=True)
             parts.append(np.where(cat_total > 0, cats / cat_total, np.nan))
         return np.concatenate(parts, axis=1)
