@@ -315,51 +315,6 @@ def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _id_changes(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """changed[i]: string i + 1 differs from string i."""
-    n = len(offsets) - 1
-    changed = np.zeros(max(n - 1, 0), dtype=np.bool_)
-    for i in range(n - 1):
-        a, b, end = offsets[i], offsets[i + 1], offsets[i + 2]
-        if b - a != end - b:
-            changed[i] = True
-            continue
-        for k in range(b - a):
-            if data[a + k] != data[b + k]:
-                changed[i] = True
-                break
-    return changed
-
-
-def _customer_index(ids: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Index of each row's customer among the sorted distinct customer ids, and those ids.
-
-    The event store is sorted by customer_id, so the usual case is a cheap scan for the rows
-    where the id changes; any other order is dictionary-encoded and the dictionary sorted.
-    """
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        ids = ids.cast(pa.large_string())
-    n = len(ids)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), ids
-    # where the id changes; sorted when the ids at those rows strictly increase
-    changed = _id_changes(*_string_buffers(ids))
-    starts = np.concatenate([[0], np.flatnonzero(changed) + 1])
-    firsts = ids.take(pa.array(starts))
-    m = len(firsts)
-    if m == 1 or pc.all(pc.less(firsts.slice(0, m - 1), firsts.slice(1))).as_py():
-        index = np.zeros(n, dtype=np.int64)
-        np.cumsum(changed, out=index[1:])
-        return index, firsts
-    encoded = pc.dictionary_encode(ids)
-    order = pc.sort_indices(encoded.dictionary).to_numpy()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    return rank[encoded.indices.to_numpy()], encoded.dictionary.take(pa.array(order))
-
-
-@numba.njit(nogil=True, cache=True)
 def _c_remainder(x: int, m: int) -> int:
     """x % m with C's sign (SQL's `%`): negative for negative x."""
     return x - int(x / m) * m
