@@ -64,7 +64,8 @@ class ScanPlan:
     """What one snapshot scan reads and which base aggregates each of its rows feeds.
 
     Targets are a compressed list per key, key = pair * stride + slot, where pair is the
-    (channel code, event type code) of the row and slot 0 (no dimension), 1 + hour, 25 +
+    (channel code, event type code) of the row (codes are 1-based positions in the
+    vocabularies, 0 for a value outside them) and slot 0 (no dimension), 1 + hour, 25 +
     weekday or 32 + category code: `ptr[key]:ptr[key + 1]` index `column`, `op` and `param`
     (the position of the aggregate's decay rate or window in `rates` / `windows_us`).
     """
@@ -131,11 +132,6 @@ class ScanPlan:
             rates=np.array(rates, dtype=np.float64),
             windows_us=np.array(windows, dtype=np.int64),
         )
-
-    @property
-    def n_pairs(self) -> int:
-        # codes are 1-based positions in the vocabularies, 0 for a value outside them
-        return (len(self.channels) + 1) * (len(self.event_types) + 1)
 
     def rows_sql(self, events: str, as_of_us: int, bounds: tuple[str | None, str | None]) -> str:
         """The scan: rows before the as-of time whose event type some aggregate uses."""

@@ -276,10 +276,10 @@ class UpliftRLearner:
     baseline, a + b * m(x) (b = 0, a constant, unless the line predicts the later slice better:
     on Hillstrom's e-mails the effect grows with the visit rate, on the synthetic world it does
     not); the effect model then learns how customers deviate from that start, regressing
-    (y - m) / (t - e) with weights (t - e)^2, and stops adding trees when the R-loss on the later (calibration) slice no
-    longer falls, so heterogeneity the data cannot confirm is not invented. The control
-    probability is the calibrated m(x) minus e * tau (since m = p0 + e * tau); treated =
-    control + tau.
+    (y - m) / (t - e) with weights (t - e)^2, and stops adding trees when the R-loss on the
+    later (calibration) slice no longer falls, so heterogeneity the data cannot confirm is not
+    invented. The control probability is the calibrated m(x) minus e * tau (since
+    m = p0 + e * tau); treated = control + tau.
     """
 
     def __init__(self, params: LGBMParams, uplift: UpliftParams | None = None) -> None:
