@@ -88,9 +88,7 @@ class ScanPlan:
         event_types = list(dict.fromkeys(t for b in fs.base for t in b.event_types))
         categories = list(dict.fromkeys(str(b.dim_value) for b in fs.base if b.dim == "category"))
         rates = sorted({b.decay_rate_per_us for b in fs.base if b.op.startswith("decayed")})
-        windows = sorted(
-            {int(round(float(b.param) * US_PER_DAY)) for b in fs.base if b.op == "window_count"}
-        )
+        windows = sorted({_window_us(b) for b in fs.base if b.op == "window_count"})
         stride = _CAT0 + len(categories) + 1
         n_types = len(event_types) + 1
         targets: dict[int, list[tuple[int, int, int]]] = {}
@@ -103,7 +101,7 @@ class ScanPlan:
             if b.op.startswith("decayed"):
                 param = rates.index(b.decay_rate_per_us)
             elif b.op == "window_count":
-                param = windows.index(int(round(float(b.param) * US_PER_DAY)))
+                param = windows.index(_window_us(b))
             else:
                 param = 0
             for ci, ch in enumerate(channels, start=1):
@@ -117,7 +115,7 @@ class ScanPlan:
         sizes = np.zeros(n_keys + 1, dtype=np.int64)
         for key, items in targets.items():
             sizes[key + 1] = len(items)
-        flat = [targets[key][k] for key in sorted(targets) for k in range(len(targets[key]))]
+        flat = [item for key in sorted(targets) for item in targets[key]]
         table = np.array(flat, dtype=np.int64).reshape(-1, 3)
         return cls(
             channels=channels,
@@ -156,6 +154,10 @@ class ScanPlan:
             f"CAST(COALESCE({AMOUNT}, 0.0) AS DOUBLE) AS amount "
             f"FROM {events} WHERE {' AND '.join(where)}"
         )
+
+
+def _window_us(b: BaseAggregate) -> int:
+    return int(round(float(b.param) * US_PER_DAY))
 
 
 def _slot(b: BaseAggregate, categories: list[str]) -> int | None:
@@ -340,6 +342,8 @@ def _reduce_loop(
         age = float(as_of_us - t)
         for k in range(len(rates)):
             decay[k] = math.exp(-rates[k] * age)
+        # as `base_aggregates_sql`: floor of the hours (days) since the epoch, C remainder;
+        # integer floor division equals SQL's FLOOR(ts / 3.6e9) below 2^53 us
         hour = _c_remainder(t // 3_600_000_000, 24)
         dow = _c_remainder(t // US_PER_DAY + 3, 7)
         first_key = int(pair[i]) * stride

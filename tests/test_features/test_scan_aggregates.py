@@ -1,5 +1,5 @@
-"""The DuckDB snapshot's one-scan compiled reduction gives the SQL definition's numbers, whole or a
-customer_id range at a time, on sorted and unsorted event relations."""
+"""The DuckDB snapshot's one-scan compiled reduction gives the SQL definition's numbers, whole or
+a customer_id range at a time, on sorted and unsorted event relations."""
 
 from __future__ import annotations
 

@@ -28,15 +28,16 @@ def test_encoder_turns_dates_into_days_not_categories():
     assert np.isnan(days[1])
 
 
-def _randomised(n: int, effect, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """A randomised e-mail experiment whose effect is `effect(p0)` on the base rate p0."""
+def _randomised(n: int, effect, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, ...]:
+    """A randomised e-mail experiment whose effect is `effect(p0)` on the base rate p0; also
+    returns the true effect per row."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
     p0 = 1.0 / (1.0 + np.exp(-(-2.0 + 1.2 * x)))
     t = rng.random(n) < 0.5
     y = rng.random(n) < p0 + t * effect(p0)
     X = pd.DataFrame({"x": x, "channel": "email", "action_id": "email_offer"})
-    return X, t, y
+    return X, t, y, effect(p0)
 
 
 def _fit(X: pd.DataFrame, t: np.ndarray, y: np.ndarray):
@@ -50,17 +51,16 @@ def _fit(X: pd.DataFrame, t: np.ndarray, y: np.ndarray):
 
 def test_r_learner_finds_an_effect_that_scales_with_the_baseline():
     # Hillstrom-like: the e-mail adds 40% to whatever the customer would have done anyway
-    X, t, y = _randomised(60_000, lambda p0: 0.4 * p0)
+    X, t, y, true = _randomised(60_000, lambda p0: 0.4 * p0)
     model = _fit(X, t, y)
     assert model.effect_scales_with_baseline_
-    true = 0.4 / (1.0 + np.exp(-(-2.0 + 1.2 * X["x"].to_numpy())))
     uplift = model.predict_uplift(X)
     assert pd.Series(uplift).corr(pd.Series(true), method="spearman") > 0.9
     assert abs(uplift.mean() - true.mean()) < 0.3 * true.mean()
 
 
 def test_r_learner_effect_of_an_unseen_action_is_its_channels():
-    X, t, y = _randomised(30_000, lambda p0: 0.05 + 0 * p0)
+    X, t, y, _ = _randomised(30_000, lambda p0: 0.05 + 0 * p0)
     model = _fit(X, t, y)
     new = X.head(5).assign(action_id="email_new_offer")
     np.testing.assert_allclose(model.predict_uplift(new), model.predict_uplift(X.head(5)))
