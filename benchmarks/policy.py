@@ -38,6 +38,7 @@ from features.config import DataConfig
 from features.contract import CUSTOMER_ID, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.event_store import open_store
+from serving.arbitration import ScoredActions
 from serving.catalogue import NOTHING
 from serving.config import PolicyConfig
 from serving.policy import DecisionPolicy, load_policy
@@ -66,11 +67,11 @@ def primary_fragments(con, truth_dir: Path) -> pd.DataFrame:
     ).df()
 
 
-def true_profit_matrices(
+def true_matrices(
     truth_dir: Path, persons: np.ndarray, policy: DecisionPolicy, con
-) -> tuple[np.ndarray, np.ndarray]:
-    """persons x actions: margin x uplift x true order value - cost, with the true uplift and
-    with its mean over the uplift-type draw given every other latent (what latents can tell)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """persons x actions: the true uplift, its mean over the uplift-type draw given every other
+    latent (what latents can tell), and the true expected order value."""
     truth = con.sql(
         f"SELECT person_id, action_id, incremental, mean_incremental_given_latents, "
         f"expected_value FROM read_parquet('{truth_dir / 'customer_actions'}/*.parquet')"
@@ -81,12 +82,10 @@ def true_profit_matrices(
         wide = truth.pivot(index="person_id", columns="action_id", values=column)
         return wide.reindex(index=persons, columns=ids).to_numpy(dtype=float)
 
-    value = matrix("expected_value")
-    margin = np.array([a.margin for a in policy.catalogue.actions])
-    cost = np.array([a.cost for a in policy.catalogue.actions])
     return (
-        margin * matrix("incremental") * value - cost,
-        margin * matrix("mean_incremental_given_latents") * value - cost,
+        matrix("incremental"),
+        matrix("mean_incremental_given_latents"),
+        matrix("expected_value"),
     )
 
 
@@ -112,7 +111,12 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
     uplift_policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
     response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
     persons = feats["person_id"].to_numpy()
-    profit, latent_profit = true_profit_matrices(truth_dir, persons, uplift_policy, con)
+    true_uplift, latent_uplift, true_value = true_matrices(truth_dir, persons, uplift_policy, con)
+    margin = np.array([a.margin for a in uplift_policy.catalogue.actions])
+    cost = np.array([a.cost for a in uplift_policy.catalogue.actions])
+    # margin x uplift x true order value - cost, with the true uplift and with its latent mean
+    profit = margin * true_uplift * true_value - cost
+    latent_profit = margin * latent_uplift * true_value - cost
 
     t0 = time.perf_counter()
     ours = uplift_policy.decide(feats, reasons=False)
@@ -162,6 +166,47 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
     )
     print(f"  share of persons with an allowed action: {allowed.any(axis=1).mean():.1%}")
     print(f"  (NOTHING = {NOTHING}; every policy obeys the same rules)")
+    where_uplift_loses(ours.scored, allowed, profit, true_uplift, true_value, a_value)
+
+
+def where_uplift_loses(
+    scored: ScoredActions,
+    allowed: np.ndarray,
+    profit: np.ndarray,
+    true_uplift: np.ndarray,
+    true_value: np.ndarray,
+    a_value: float,
+) -> None:
+    """(b) with one of its parts replaced by the truth: which part costs the profit."""
+    ours_uplift, ours_value = scored.uplift, scored.value
+    # each action's true effect averaged over the persons it is allowed for: a perfect
+    # estimate of the per-action effect level, without any per-customer heterogeneity
+    allowed_uplift = np.where(allowed, true_uplift, np.nan)
+    level = np.broadcast_to(np.nanmean(allowed_uplift, axis=0), allowed.shape)
+    our_level = np.broadcast_to(
+        np.nanmean(np.where(allowed, ours_uplift, np.nan), axis=0), allowed.shape
+    )
+    lever_margin = scored.lever * scored.margin
+    variants = [
+        ("our uplift x true order value", ours_uplift, true_value),
+        ("true uplift x our order value", true_uplift, ours_value),
+        ("true per-action mean effect x our value", level, ours_value),
+        ("our per-action mean effect x our value", our_level, ours_value),
+    ]
+    print("\n(b) with one part replaced by the truth (same rules, same persons):")
+    for name, uplift, value in variants:
+        score = np.where(allowed, lever_margin * uplift * value - scored.cost, -np.inf)
+        choice = best_or_nothing(np.nan_to_num(score, nan=-np.inf))
+        v = value_of(choice, profit)
+        print(f"  {name:44s} {v:14.5f} {v / a_value:10.1%} {np.mean(choice >= 0):10.1%}")
+    print("  mean effect on allowed pairs, ours vs true:")
+    for j, action in enumerate(scored.action_ids):
+        rows = allowed[:, j]
+        if rows.any():
+            print(
+                f"    {action:18s} {np.nanmean(ours_uplift[rows, j]):9.5f} "
+                f"{np.nanmean(true_uplift[rows, j]):9.5f}"
+            )
 
 
 def throughput(data_dir: DataDir, engine: BatchEngine, con, customers: int, seed: int) -> None:
