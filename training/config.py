@@ -54,8 +54,9 @@ class ModelConfig(Strict):
         default_factory=UpliftParams,
         description=(
             "The uplift R-learner's effect model. It starts from each action's effect, a "
-            "constant or a line in the baseline purchase probability (whichever the later "
-            "slice's R-loss prefers), and adds only the heterogeneity that R-loss confirms: on "
+            "constant, proportional or line in the baseline purchase probability (whichever "
+            "has the lowest cross-fitted R-loss), and adds only the heterogeneity that the "
+            "later slice's R-loss confirms: on "
             "the default 20,000-customer world (about 700k contacts) that is a constant and "
             "almost no trees, so the ranking rests on the per-action effects and the value "
             "model. There the policy it drives earned 33% of the oracle's profit, against 54% "

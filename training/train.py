@@ -288,6 +288,12 @@ def _log_family_run(
                 mlflow.log_metrics(
                     {k: v for k, v in bundle.response_choice.items() if k != "chosen"}
                 )
+        if family == "uplift":
+            mlflow.log_params(
+                {f"uplift_{k}": v for k, v in cfg.models.uplift.model_dump().items()}
+                | {"effect_shape": model.effect_shape_}
+            )
+            mlflow.log_metrics({f"r_loss_{k}": v for k, v in model.shape_losses_.items()})
         mlflow.log_metrics(report.flat())
         for name, fig in report.figures.items():
             mlflow.log_figure(fig, name)

@@ -53,7 +53,7 @@ def test_r_learner_finds_an_effect_that_scales_with_the_baseline():
     # Hillstrom-like: the e-mail adds 40% to whatever the customer would have done anyway
     X, t, y, true = _randomised(60_000, lambda p0: 0.4 * p0)
     model = _fit(X, t, y)
-    assert model.effect_scales_with_baseline_
+    assert model.effect_shape_ in ("proportional", "line")
     uplift = model.predict_uplift(X)
     assert pd.Series(uplift).corr(pd.Series(true), method="spearman") > 0.9
     assert abs(uplift.mean() - true.mean()) < 0.3 * true.mean()
@@ -65,3 +65,20 @@ def test_r_learner_effect_of_an_unseen_action_is_its_channels():
     new = X.head(5).assign(action_id="email_new_offer")
     np.testing.assert_allclose(model.predict_uplift(new), model.predict_uplift(X.head(5)))
     assert abs(model.predict_uplift(X).mean() - 0.05) < 0.02
+
+
+def test_r_learner_pickled_before_effect_shapes_loads_and_predicts_the_same():
+    import pickle
+
+    X, t, y, _ = _randomised(20_000, lambda p0: 0.4 * p0)
+    model = _fit(X, t, y)
+    state = model.__dict__.copy()
+    shape = state.pop("effect_shape_")
+    state.pop("shape_losses_")
+    state["effect_scales_with_baseline_"] = shape != "constant"  # how 6bf505a stored it
+    old = object.__new__(type(model))
+    old.__setstate__(state)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.effect_shape_ == ("constant" if shape == "constant" else "line")
+    # a proportional effect is a line with a = 0, so every shape predicts as before
+    np.testing.assert_allclose(loaded.predict_uplift(X), model.predict_uplift(X))

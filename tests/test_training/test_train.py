@@ -154,3 +154,13 @@ def test_expected_calibration_error_detects_miscalibration():
     y = rng.random(20000) < p
     assert expected_calibration_error(y, p) < 0.01
     assert expected_calibration_error(y, p * 2) > 0.03
+
+
+def test_uplift_run_records_the_effect_shape_it_chose_and_why(trained, world):
+    result, _ = trained
+    registry.configure_tracking(world.root)  # another test may have trained elsewhere
+    run = mlflow.get_run(result.run_ids["uplift"])
+    shape = result.bundle.uplift.effect_shape_
+    assert run.data.params["effect_shape"] == shape
+    losses = {k: run.data.metrics[f"r_loss_{k}"] for k in ("constant", "proportional", "line")}
+    assert min(losses, key=losses.get) == shape
