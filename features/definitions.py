@@ -5,8 +5,8 @@ A feature set has two layers:
 * **base aggregates**, each a filter on (channel, event type[, hour, weekday, category]) and an
   operation that can be updated in O(1) per event (decayed count or amount, count, sum, last or
   first time) or from a short bounded buffer (counts in a sliding window of a few days);
-* **derived features**, pure vectorised functions of the base aggregates and the as-of time
-  (rates, days since, shares, consent state, preferred hour).
+* **derived features**, pure functions of the base aggregates and the as-of time (rates, days
+  since, shares, consent state, preferred hour), computed for all rows in one compiled pass.
 
 The batch engine computes the base aggregates in SQL, the streaming updater in place per event;
 both hand them to `FeatureSet.derive`, so the derived layer is shared code, not re-implemented.
@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numba
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -288,14 +289,8 @@ def _base_aggregates(data: DataConfig, cfg: FeatureConfig) -> list[BaseAggregate
     return out
 
 
-def _zero_if_missing(x: np.ndarray) -> np.ndarray:
-    """An aggregate with no matching event (NaN) counts as 0 (a few times faster than
-    `np.nan_to_num`, which also scans for infinities)."""
-    return np.where(np.isnan(x), 0.0, x)
-
-
 class _DerivationPlan:
-    """Column indices of each derived feature group, resolved once; `run` is a few numpy ops."""
+    """Column indices of each derived feature group, resolved once; `run` is one compiled pass."""
 
     def __init__(self, fs: FeatureSet) -> None:
         cfg, data, idx = fs.config, fs.data, fs.base_index
@@ -372,37 +367,108 @@ class _DerivationPlan:
         self.names += [f"category_{c}_share" for c in cfg.categories]
 
     def run(self, base: np.ndarray, as_of_us: np.ndarray) -> np.ndarray:
-        as_of = np.asarray(as_of_us, dtype=np.float64).reshape(-1, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            parts = [_zero_if_missing(base[:, self.copy_idx])]
-            parts.append((as_of - base[:, self.since_idx]) / US_PER_DAY)
-            resp = _zero_if_missing(base[:, self.rate_resp])
-            cont = _zero_if_missing(base[:, self.rate_cont])
-            parts.append((resp + self.k * self.rate_prior) / (cont + self.k))
-            g, r = base[:, self.granted], base[:, self.revoked]
-            parts.append((~np.isnan(g) & (np.isnan(r) | (g > r))).astype(np.float64))
+        as_of = np.ascontiguousarray(np.broadcast_to(as_of_us, (len(base),)), dtype=np.float64)
+        out = np.empty((len(base), len(self.names)))
+        _derive_rows(
+            np.ascontiguousarray(base),
+            as_of,
+            self.copy_idx,
+            self.since_idx,
+            self.rate_resp,
+            self.rate_cont,
+            self.rate_prior,
+            float(self.k),
+            self.granted,
+            self.revoked,
+            np.array(
+                [
+                    self.count,
+                    self.spend,
+                    self.p_first,
+                    self.p_last,
+                    self.e_first,
+                    self.all_long,
+                    -1 if self.offline is None else self.offline,
+                ],
+                dtype=np.int64,
+            ),
+            self.hours,
+            self.dows,
+            self.cats,
+            out,
+        )
+        return out
 
-            n = _zero_if_missing(base[:, self.count])
-            spend = _zero_if_missing(base[:, self.spend])
-            monetary_mean = np.where(n > 0, spend / n, np.nan)
-            inter = np.where(
-                n >= 2,
-                (base[:, self.p_last] - base[:, self.p_first]) / (n - 1) / US_PER_DAY,
-                np.nan,
-            )
-            tenure = (as_of[:, 0] - base[:, self.e_first]) / US_PER_DAY
-            total = _zero_if_missing(base[:, self.all_long])
-            offline = _zero_if_missing(base[:, self.offline]) if self.offline is not None else 0.0
-            share = np.where(total > 0, 1.0 - offline / total, np.nan)
-            parts.append(np.column_stack([monetary_mean, inter, tenure, share]))
 
-            hours = _zero_if_missing(base[:, self.hours])
-            dows = _zero_if_missing(base[:, self.dows])
-            pref_hour = np.where(hours.sum(axis=1) > 0, hours.argmax(axis=1), np.nan)
-            pref_dow = np.where(dows.sum(axis=1) > 0, dows.argmax(axis=1), np.nan)
-            parts.append(np.column_stack([pref_hour, pref_dow]))
+@numba.njit(nogil=True, cache=True)
+def _or_zero(x: float) -> float:
+    """An aggregate with no matching event (NaN) counts as 0."""
+    return 0.0 if math.isnan(x) else x
 
-            cats = _zero_if_missing(base[:, self.cats])
-            cat_total = cats.sum(axis=1, keepdims=True)
-            parts.append(np.where(cat_total > 0, cats / cat_total, np.nan))
-        return np.concatenate(parts, axis=1)
+
+@numba.njit(nogil=True, cache=True)
+def _first_argmax_if_any(row: np.ndarray, idx: np.ndarray) -> float:
+    """Position of the largest of row[idx] (the first on ties; NaN counts as 0), NaN if all 0."""
+    best, best_j, total = -1.0, 0, 0.0
+    for j in range(len(idx)):
+        v = _or_zero(row[idx[j]])
+        total += v
+        if v > best:
+            best, best_j = v, j
+    return float(best_j) if total > 0 else np.nan
+
+
+@numba.njit(nogil=True, cache=True)
+def _derive_rows(
+    base: np.ndarray,
+    as_of: np.ndarray,
+    copy_idx: np.ndarray,
+    since_idx: np.ndarray,
+    rate_resp: np.ndarray,
+    rate_cont: np.ndarray,
+    rate_prior: np.ndarray,
+    k: float,
+    granted: np.ndarray,
+    revoked: np.ndarray,
+    rfm: np.ndarray,
+    hours: np.ndarray,
+    dows: np.ndarray,
+    cats: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Every derived feature of every row, in `_DerivationPlan.names` order, in one pass (a
+    customer's base row is read once; the numpy version made a temporary per group)."""
+    count, spend, p_first, p_last, e_first = rfm[0], rfm[1], rfm[2], rfm[3], rfm[4]
+    all_long, offline = rfm[5], rfm[6]
+    for i in range(base.shape[0]):
+        row, o, col = base[i], out[i], 0
+        for j in copy_idx:
+            o[col] = _or_zero(row[j])
+            col += 1
+        for j in since_idx:  # NaN when it never happened
+            o[col] = (as_of[i] - row[j]) / US_PER_DAY
+            col += 1
+        for c in range(len(rate_resp)):  # smoothed: (responses + k * prior) / (contacts + k)
+            resp, cont = _or_zero(row[rate_resp[c]]), _or_zero(row[rate_cont[c]])
+            o[col] = (resp + k * rate_prior[c]) / (cont + k)
+            col += 1
+        for c in range(len(granted)):  # granted at some time and not revoked since
+            g, r = row[granted[c]], row[revoked[c]]
+            o[col] = 1.0 if not math.isnan(g) and (math.isnan(r) or g > r) else 0.0
+            col += 1
+        n, spent = _or_zero(row[count]), _or_zero(row[spend])
+        o[col] = spent / n if n > 0 else np.nan  # monetary mean
+        o[col + 1] = (row[p_last] - row[p_first]) / (n - 1) / US_PER_DAY if n >= 2 else np.nan
+        o[col + 2] = (as_of[i] - row[e_first]) / US_PER_DAY  # tenure
+        total = _or_zero(row[all_long])
+        off = _or_zero(row[offline]) if offline >= 0 else 0.0
+        o[col + 3] = 1.0 - off / total if total > 0 else np.nan  # online purchase share
+        o[col + 4] = _first_argmax_if_any(row, hours)
+        o[col + 5] = _first_argmax_if_any(row, dows)
+        col += 6
+        cat_total = 0.0
+        for j in cats:
+            cat_total += _or_zero(row[j])
+        for j in cats:
+            o[col] = _or_zero(row[j]) / cat_total if cat_total > 0 else np.nan
+            col += 1
