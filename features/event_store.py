@@ -2,8 +2,10 @@
 
 DIR/store/ holds, all written by DuckDB COPY (zstd parquet):
 
-* events.parquet: accepted events in the contract's columns and types plus customer_id,
-  sorted by customer_id, ts, event_id;
+* events.parquet: accepted events in the contract's columns and types plus customer_id and
+  customer_no (its integer key), sorted by customer_id, ts, event_id;
+* customer_index.parquet: customer_no, customer_id of every resolved customer, customer_no
+  0, 1, 2, ... in customer_id order (a scan reads the integer and maps it back per customer);
 * identity.parquet: identifier, identifier_type, customer_id (sorted by identifier);
 * customers.parquet: customer_id first, then the customers table's columns; one row a
   customer_id (the first row by file and row when several keys resolve to one person); empty
@@ -34,7 +36,9 @@ import pyarrow as pa
 from features.config import DataConfig
 from features.contract import (
     CUSTOMER_ID,
+    CUSTOMER_INDEX,
     CUSTOMER_KEY,
+    CUSTOMER_NO,
     EVENT_ID,
     EVENT_SCHEMA,
     KEY_SEPARATOR,
@@ -62,14 +66,15 @@ from features.validation import (
     write_quarantine,
 )
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: customer_no and customer_index.parquet
 SOURCE_CUSTOMER_ID = "source_customer_id"
 EVENTS_FILE = "events.parquet"
 IDENTITY_FILE = "identity.parquet"
 CUSTOMERS_FILE = "customers.parquet"
 SHARED_FILE = "shared_identifiers.parquet"
+CUSTOMER_INDEX_FILE = "customer_index.parquet"
 MANIFEST_FILE = "manifest.json"
-STORE_FILES = [EVENTS_FILE, IDENTITY_FILE, CUSTOMERS_FILE, SHARED_FILE]
+STORE_FILES = [EVENTS_FILE, IDENTITY_FILE, CUSTOMERS_FILE, SHARED_FILE, CUSTOMER_INDEX_FILE]
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,12 @@ def ingest(
         identity = resolve_identities(pairs, config)
         del pairs
         con.register("_nba_identity", identity.table)
+        # customer_no: the rank of customer_id (byte order, as ORDER BY sorts VARCHAR)
+        con.execute(
+            f"CREATE TEMP TABLE _nba_numbers AS SELECT {CUSTOMER_ID}, "
+            f"(row_number() OVER (ORDER BY {CUSTOMER_ID}) - 1)::UINTEGER AS {CUSTOMER_NO} "
+            f"FROM (SELECT DISTINCT {CUSTOMER_ID} FROM _nba_identity)"
+        )
         step(
             f"resolved {identity.summary.identifiers:,} identifiers into "
             f"{identity.summary.customers:,} customers"
@@ -214,10 +225,16 @@ def ingest(
         cols = ", ".join(f"e.{c}" for c in EVENT_SCHEMA.names)
         copy_to_parquet(
             con,
-            f"SELECT {cols}, m.{CUSTOMER_ID} FROM {events.accepted} e "
+            f"SELECT {cols}, m.{CUSTOMER_ID}, n.{CUSTOMER_NO} FROM {events.accepted} e "
             f"JOIN _nba_identity m ON e.{CUSTOMER_KEY} = m.{IDENTIFIER} "
-            f"ORDER BY m.{CUSTOMER_ID}, e.{TS}, e.{EVENT_ID}",
+            f"JOIN _nba_numbers n ON n.{CUSTOMER_ID} = m.{CUSTOMER_ID} "
+            f"ORDER BY n.{CUSTOMER_NO}, e.{TS}, e.{EVENT_ID}",
             staging / EVENTS_FILE,
+        )
+        copy_to_parquet(
+            con,
+            f"SELECT {CUSTOMER_NO}, {CUSTOMER_ID} FROM _nba_numbers ORDER BY {CUSTOMER_NO}",
+            staging / CUSTOMER_INDEX_FILE,
         )
         written = con.execute(
             f"SELECT count(*) FROM read_parquet({_lit(str(staging / EVENTS_FILE))})"
@@ -328,7 +345,7 @@ def store_is_current(data_dir: DataDir | Path | str, config: DataConfig | None =
 
 def open_store(data_dir: DataDir | Path | str) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection (session TimeZone UTC) with views `events`, `customers`,
-    `identity` and `shared_identifiers` over DIR/store."""
+    `identity`, `shared_identifiers` and `customer_index` over DIR/store."""
     dd = _data_dir(data_dir)
     missing = [name for name in STORE_FILES if not (dd.store / name).is_file()]
     if missing:
@@ -342,6 +359,7 @@ def open_store(data_dir: DataDir | Path | str) -> duckdb.DuckDBPyConnection:
         ("customers", CUSTOMERS_FILE),
         ("identity", IDENTITY_FILE),
         ("shared_identifiers", SHARED_FILE),
+        (CUSTOMER_INDEX, CUSTOMER_INDEX_FILE),
     ]:
         path = _lit(str((dd.store / name).resolve()))
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({path})")

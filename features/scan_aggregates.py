@@ -6,8 +6,11 @@ event type) followed by a ~200-column pivot costs DuckDB about twenty times a pl
 and a numpy reduction (a bincount per row value and filter class) about ten. This module
 computes the same numbers from a single projection scan:
 
-1. DuckDB streams the rows before the as-of time as a few narrow columns (customer_id, ts in
-   microseconds, small integer codes for channel, event type and category, amount);
+1. DuckDB streams the rows before the as-of time as a few narrow columns (the customer, ts in
+   microseconds, small integer codes for channel, event type and category, amount). On the
+   event store the customer is its integer customer_no, which indexes the result's rows
+   directly and maps back to customer_id through `customer_index` once per customer; on any
+   other relation it is customer_id, and runs of equal ids are found and ranked;
 2. a plan maps each (channel, event type) pair, and each (pair, hour / weekday / category), to
    the base aggregates whose filter it passes, with the operation each applies;
 3. one pass over the rows, compiled with numba, adds each row's value (a decay weight, the
@@ -20,9 +23,10 @@ loop releases the GIL.
 An aggregate with no matching event is NaN, as SQL's `SUM(CASE ...)` over no rows is NULL.
 
 Memory is bounded by a partition: when the event relation holds more than
-`FeatureConfig.snapshot_partition_events` rows, customers are split into ranges of customer_id
-(boundaries from a sample) and each range is scanned and reduced on its own. On the event store,
-which is sorted by customer_id, DuckDB skips the parquet row groups outside a range.
+`FeatureConfig.snapshot_partition_events` rows, customers are split into ranges of customer_no
+or customer_id (boundaries from a sample) and each range is scanned and reduced on its own. On
+the event store, which is sorted by customer_id (hence customer_no), DuckDB skips the parquet
+row groups outside a range.
 """
 
 from __future__ import annotations
@@ -39,10 +43,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
+from features.contract import (
+    AMOUNT,
+    CATEGORY,
+    CHANNEL,
+    CUSTOMER_ID,
+    CUSTOMER_INDEX,
+    CUSTOMER_NO,
+    EVENT_TYPE,
+    TS,
+)
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
 
 _CUSTOMERS_SAMPLED = 20_000
+# a customer range: customer_id bounds [lo, hi) (None: open), or customer_no bounds [lo, hi)
+Bounds = tuple[str | None, str | None] | tuple[int, int]
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
 # operation codes of the compiled loop
@@ -131,8 +146,9 @@ class ScanPlan:
             windows_us=np.array(windows, dtype=np.int64),
         )
 
-    def rows_sql(self, events: str, as_of_us: int, bounds: tuple[str | None, str | None]) -> str:
-        """The scan: rows before the as-of time whose event type some aggregate uses."""
+    def rows_sql(self, events: str, as_of_us: int, bounds: Bounds) -> str:
+        """The scan: rows before the as-of time whose event type some aggregate uses, in a
+        customer_id range (string bounds) or a customer_no range (integer bounds)."""
         n_types = len(self.event_types) + 1
         where = [
             f"{CUSTOMER_ID} IS NOT NULL",
@@ -140,12 +156,15 @@ class ScanPlan:
             f"{EVENT_TYPE} IN {_in_list(self.event_types)}",
         ]
         lo, hi = bounds
+        by_number = isinstance(lo, int) and isinstance(hi, int)
+        key = CUSTOMER_NO if by_number else CUSTOMER_ID
+        literal = str if by_number else _quote
         if lo is not None:
-            where.append(f"{CUSTOMER_ID} >= {_quote(lo)}")
+            where.append(f"{key} >= {literal(lo)}")
         if hi is not None:
-            where.append(f"{CUSTOMER_ID} < {_quote(hi)}")
+            where.append(f"{key} < {literal(hi)}")
         return (
-            f"SELECT {CUSTOMER_ID}, epoch_us({TS}) AS ts_us, "
+            f"SELECT {key}, epoch_us({TS}) AS ts_us, "
             f"CAST(COALESCE(list_position({_list(self.channels)}, {CHANNEL}), 0) * {n_types} "
             f"+ COALESCE(list_position({_list(self.event_types)}, {EVENT_TYPE}), 0) "
             "AS USMALLINT) AS pair, "
@@ -211,6 +230,39 @@ def partition_bounds(
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
+def numbered(con: duckdb.DuckDBPyConnection, events: str) -> bool:
+    """Whether `events` carries the event store's customer_no and its `customer_index` is
+    there: then a scan reads the integer and maps it back to customer_id per customer."""
+    columns = {row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {events}").fetchall()}
+    if CUSTOMER_NO not in columns:
+        return False
+    try:
+        con.sql(f"SELECT {CUSTOMER_NO}, {CUSTOMER_ID} FROM {CUSTOMER_INDEX} LIMIT 0")
+    except duckdb.Error:
+        return False
+    return True
+
+
+def number_bounds(
+    con: duckdb.DuckDBPyConnection, events: str, partition_events: int
+) -> list[tuple[int, int]]:
+    """Ranges [lo, hi) of customer_no holding about `partition_events` events each, covering
+    every customer_no of the index (boundaries: quantiles of a sample, as `partition_bounds`)."""
+    n_customers = con.sql(f"SELECT count(*) FROM {CUSTOMER_INDEX}").fetchall()[0][0]
+    n_events = con.sql(f"SELECT count(*) FROM {events}").fetchall()[0][0]
+    n_parts = max(1, math.ceil(n_events / max(partition_events, 1)))
+    if n_parts == 1:
+        return [(0, n_customers)]
+    sample = con.sql(
+        f"SELECT {CUSTOMER_NO} FROM {events} WHERE {CUSTOMER_NO} IS NOT NULL "
+        f"USING SAMPLE reservoir({_CUSTOMERS_SAMPLED} ROWS) REPEATABLE (7)"
+    ).fetchnumpy()[CUSTOMER_NO]
+    nos = np.sort(sample.astype(np.int64))
+    cuts = {int(nos[len(nos) * k // n_parts]) for k in range(1, n_parts)} if len(nos) else set()
+    edges = [0, *sorted(cuts - {0}), n_customers]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 @dataclass
 class Partition:
     """Base aggregates of one customer range: sorted customer ids and a (customers x base)
@@ -240,11 +292,26 @@ def scan_partitions(
     most of their loops). At most `_IN_FLIGHT` ranges are scanned and not yet handed over.
     """
     plan = plan or ScanPlan.of(fs)
+    by_number = numbered(con, events)
+    ranges: list[Bounds] = (
+        number_bounds(con, events, partition_events)
+        if by_number
+        else partition_bounds(con, events, partition_events)
+    )
     with ThreadPoolExecutor(max_workers=_IN_FLIGHT, thread_name_prefix="nba-reduce") as pool:
         pending: deque[Future[Partition]] = deque()
-        for bounds in partition_bounds(con, events, partition_events):
+        for bounds in ranges:
             rows = con.sql(plan.rows_sql(events, as_of_us, bounds)).to_arrow_table()
-            pending.append(pool.submit(reduce_rows, plan, rows, as_of_us))
+            if by_number:
+                lo, hi = bounds
+                ids = con.sql(
+                    f"SELECT {CUSTOMER_ID} FROM {CUSTOMER_INDEX} WHERE {CUSTOMER_NO} >= {lo} "
+                    f"AND {CUSTOMER_NO} < {hi} ORDER BY {CUSTOMER_NO}"
+                ).to_arrow_table()
+                job = pool.submit(reduce_numbered_rows, plan, rows, as_of_us, lo, ids.column(0))
+            else:
+                job = pool.submit(reduce_rows, plan, rows, as_of_us)
+            pending.append(job)
             del rows
             if len(pending) >= _IN_FLIGHT:
                 yield from _non_empty(pending.popleft().result())
@@ -385,11 +452,36 @@ def _reduce_loop(
 
 
 def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
-    """Every base aggregate of the customers in `rows` (the scan's columns)."""
+    """Every base aggregate of the customers in `rows` (the scan's columns, by customer_id)."""
     cust, ids = _customer_index(rows.column(CUSTOMER_ID))
-    base = np.full((len(ids), plan.n_base), np.nan)
-    if len(ids) == 0:
-        return Partition(ids, base)
+    return Partition(ids, _reduce(plan, rows, as_of_us, cust, len(ids)))
+
+
+def reduce_numbered_rows(
+    plan: ScanPlan, rows: pa.Table, as_of_us: int, lo: int, ids: pa.ChunkedArray
+) -> Partition:
+    """Every base aggregate of the customers in `rows` (the scan's columns, by customer_no),
+    where `ids` are the customer_ids of customer_no lo, lo + 1, ...; customers without a row
+    are left out."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    cust = rows.column(CUSTOMER_NO).to_numpy().astype(np.int64) - lo
+    if len(cust) and (cust.min() < 0 or cust.max() >= len(ids)):
+        raise ValueError(
+            f"{CUSTOMER_NO} outside {CUSTOMER_INDEX}'s range [{lo}, {lo + len(ids)}): the event "
+            "store is inconsistent; run `nba ingest` again"
+        )
+    base = _reduce(plan, rows, as_of_us, cust, len(ids))
+    seen = np.flatnonzero(np.bincount(cust, minlength=len(ids)))
+    return Partition(ids.take(pa.array(seen)), base[seen])
+
+
+def _reduce(
+    plan: ScanPlan, rows: pa.Table, as_of_us: int, cust: np.ndarray, n_customers: int
+) -> np.ndarray:
+    """(customers x base) aggregates of `rows`, row i belonging to customer cust[i]."""
+    base = np.full((n_customers, plan.n_base), np.nan)
+    if n_customers == 0 or len(cust) == 0:
+        return base
     _reduce_loop(
         cust,
         rows.column("ts_us").to_numpy(),
@@ -406,4 +498,4 @@ def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
         plan.windows_us,
         base,
     )
-    return Partition(ids, base)
+    return base

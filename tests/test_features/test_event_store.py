@@ -80,7 +80,7 @@ def test_ingest_attaches_a_customer_id_to_every_accepted_event(world):
     events = con.sql("SELECT * FROM events").df()
     assert len(events) == report.store_events == 5
     assert events["customer_id"].notna().all()
-    assert list(events.columns) == [*EVENT_SCHEMA.names, "customer_id"]
+    assert list(events.columns) == [*EVENT_SCHEMA.names, "customer_id", "customer_no"]
     by_event = events.set_index("event_id")["customer_id"]
     assert by_event["1"] == by_event["2"]  # email:a -- crm:1
     assert by_event["3"] == by_event["4"]  # email:b -- device:d
@@ -90,6 +90,12 @@ def test_ingest_attaches_a_customer_id_to_every_accepted_event(world):
     assert events[["customer_id", "ts"]].equals(
         events[["customer_id", "ts"]].sort_values(["customer_id", "ts"], ignore_index=True)
     )
+    # customer_no is customer_id's rank, and the index maps it back
+    index = con.sql("SELECT * FROM customer_index").df()
+    assert list(index["customer_no"]) == list(range(3))
+    assert list(index["customer_id"]) == sorted(set(events["customer_id"]))
+    back = events.merge(index, on="customer_no", suffixes=("", "_indexed"))
+    assert (back["customer_id"] == back["customer_id_indexed"]).all() and len(back) == 5
     ts_type = con.sql("SELECT typeof(ts) FROM events LIMIT 1").fetchall()[0][0]
     assert ts_type == "TIMESTAMP WITH TIME ZONE"
     identity = con.sql("SELECT * FROM identity").df()

@@ -13,9 +13,18 @@ from frame_checks import ATOL, RTOL, assert_columns_close
 
 from features.batch import DUCKDB, BatchEngine, FeatureEngine, base_aggregates_sql, to_us
 from features.config import DataConfig
-from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
+from features.contract import (
+    AMOUNT,
+    CATEGORY,
+    CHANNEL,
+    CUSTOMER_ID,
+    CUSTOMER_INDEX,
+    CUSTOMER_NO,
+    EVENT_TYPE,
+    TS,
+)
 from features.definitions import FeatureConfig, FeatureSet
-from features.scan_aggregates import partition_bounds
+from features.scan_aggregates import number_bounds, numbered, partition_bounds
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 CUTS = [
@@ -61,10 +70,11 @@ def events() -> pd.DataFrame:
     return _history(_fs(10**9))
 
 
-@pytest.fixture(scope="module", params=["unsorted frame", "sorted parquet"])
+@pytest.fixture(scope="module", params=["unsorted frame", "sorted parquet", "numbered store"])
 def con(request, events, tmp_path_factory):
-    """A connection with `events`: the frame as it is, or a parquet file sorted like the store
-    (small row groups, so a customer_id range can skip some)."""
+    """A connection with `events`: the frame as it is, a parquet file sorted like the store
+    (small row groups, so a customer range can skip some), or that file with the store's
+    integer customer_no and its `customer_index` (which also numbers a customer without events)."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     if request.param == "unsorted frame":
@@ -72,10 +82,24 @@ def con(request, events, tmp_path_factory):
     else:
         path = tmp_path_factory.mktemp("scan") / "events.parquet"
         ordered = events.sort_values([CUSTOMER_ID, TS], ignore_index=True)
+        if request.param == "numbered store":
+            ids = sorted({*ordered[CUSTOMER_ID], "c0000"})  # c0000 has no events
+            index = pd.DataFrame(
+                {CUSTOMER_NO: np.arange(len(ids), dtype=np.uint32), CUSTOMER_ID: ids}
+            )
+            ordered[CUSTOMER_NO] = ordered[CUSTOMER_ID].map(
+                index.set_index(CUSTOMER_ID)[CUSTOMER_NO]
+            )
+            con.register(CUSTOMER_INDEX, index)
         pq.write_table(pa.Table.from_pandas(ordered, preserve_index=False), path, row_group_size=97)
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{path}')")
     yield con
     con.close()
+
+
+def test_the_store_scan_reads_customer_numbers(con, request):
+    numbered_store = request.node.callspec.params["con"] == "numbered store"
+    assert numbered(con, "events") == numbered_store
 
 
 def _sql_base(con: duckdb.DuckDBPyConnection, fs: FeatureSet, t: pd.Timestamp) -> pd.DataFrame:
@@ -131,6 +155,15 @@ def test_partition_bounds_split_customers_evenly(con, events):
         sizes.append(int(inside.sum()))
     assert len(bounds) >= 3 and sum(sizes) == len(ids)
     assert max(sizes) < len(ids) / 2
+
+
+def test_number_bounds_cover_every_customer_number_once(con, events, request):
+    if request.node.callspec.params["con"] != "numbered store":
+        pytest.skip("customer numbers are the store's")
+    bounds = number_bounds(con, "events", len(events) // 4)
+    n_customers = events[CUSTOMER_ID].nunique() + 1
+    assert bounds[0][0] == 0 and bounds[-1][1] == n_customers and len(bounds) >= 3
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def test_no_events_before_the_cut_off(con):
