@@ -336,16 +336,21 @@ class _DerivationPlan:
         )
         self.names += [f"{c}_consent" for c in outbound]
 
-        # RFM and purchase rhythm
-        self.count = idx["all_purchase_count"]
-        self.spend = idx["all_spend_sum"]
-        self.p_first = idx["all_purchase_first"]
-        self.p_last = idx["all_purchase_last"]
-        self.e_first = idx["all_event_first"]
+        # RFM and purchase rhythm: purchase count, spend, first and last purchase, first event,
+        # long-decayed purchases and their offline part (-1: no offline channel)
         long_tag = cfg.half_life_tag(max(cfg.half_lives_days))
-        self.all_long = idx[f"all_purchase_decayed_{long_tag}"]
-        off = f"offline_purchase_decayed_{long_tag}"
-        self.offline = idx.get(off)
+        self.rfm = np.array(
+            [
+                idx["all_purchase_count"],
+                idx["all_spend_sum"],
+                idx["all_purchase_first"],
+                idx["all_purchase_last"],
+                idx["all_event_first"],
+                idx[f"all_purchase_decayed_{long_tag}"],
+                idx.get(f"offline_purchase_decayed_{long_tag}", -1),
+            ],
+            dtype=np.int64,
+        )
         self.names += [
             "monetary_mean",
             "inter_purchase_days",
@@ -380,18 +385,7 @@ class _DerivationPlan:
             float(self.k),
             self.granted,
             self.revoked,
-            np.array(
-                [
-                    self.count,
-                    self.spend,
-                    self.p_first,
-                    self.p_last,
-                    self.e_first,
-                    self.all_long,
-                    -1 if self.offline is None else self.offline,
-                ],
-                dtype=np.int64,
-            ),
+            self.rfm,
             self.hours,
             self.dows,
             self.cats,

@@ -70,29 +70,30 @@ def events() -> pd.DataFrame:
     return _history(_fs(10**9))
 
 
-@pytest.fixture(scope="module", params=["unsorted frame", "sorted parquet", "numbered store"])
-def con(request, events, tmp_path_factory):
+def _connect(kind: str, events: pd.DataFrame, folder) -> duckdb.DuckDBPyConnection:
     """A connection with `events`: the frame as it is, a parquet file sorted like the store
     (small row groups, so a customer range can skip some), or that file with the store's
     integer customer_no and its `customer_index` (which also numbers a customer without events)."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    if request.param == "unsorted frame":
+    if kind == "unsorted frame":
         con.register("events", events)
-    else:
-        path = tmp_path_factory.mktemp("scan") / "events.parquet"
-        ordered = events.sort_values([CUSTOMER_ID, TS], ignore_index=True)
-        if request.param == "numbered store":
-            ids = sorted({*ordered[CUSTOMER_ID], "c0000"})  # c0000 has no events
-            index = pd.DataFrame(
-                {CUSTOMER_NO: np.arange(len(ids), dtype=np.uint32), CUSTOMER_ID: ids}
-            )
-            ordered[CUSTOMER_NO] = ordered[CUSTOMER_ID].map(
-                index.set_index(CUSTOMER_ID)[CUSTOMER_NO]
-            )
-            con.register(CUSTOMER_INDEX, index)
-        pq.write_table(pa.Table.from_pandas(ordered, preserve_index=False), path, row_group_size=97)
-        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{path}')")
+        return con
+    path = folder / "events.parquet"
+    ordered = events.sort_values([CUSTOMER_ID, TS], ignore_index=True)
+    if kind == "numbered store":
+        ids = sorted({*ordered[CUSTOMER_ID], "c0000"})  # c0000 has no events
+        index = pd.DataFrame({CUSTOMER_NO: np.arange(len(ids), dtype=np.uint32), CUSTOMER_ID: ids})
+        ordered[CUSTOMER_NO] = ordered[CUSTOMER_ID].map(index.set_index(CUSTOMER_ID)[CUSTOMER_NO])
+        con.register(CUSTOMER_INDEX, index)
+    pq.write_table(pa.Table.from_pandas(ordered, preserve_index=False), path, row_group_size=97)
+    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{path}')")
+    return con
+
+
+@pytest.fixture(scope="module", params=["unsorted frame", "sorted parquet", "numbered store"])
+def con(request, events, tmp_path_factory):
+    con = _connect(request.param, events, tmp_path_factory.mktemp("scan"))
     yield con
     con.close()
 
@@ -157,9 +158,8 @@ def test_partition_bounds_split_customers_evenly(con, events):
     assert max(sizes) < len(ids) / 2
 
 
-def test_number_bounds_cover_every_customer_number_once(con, events, request):
-    if request.node.callspec.params["con"] != "numbered store":
-        pytest.skip("customer numbers are the store's")
+def test_number_bounds_cover_every_customer_number_once(events, tmp_path):
+    con = _connect("numbered store", events, tmp_path)
     bounds = number_bounds(con, "events", len(events) // 4)
     n_customers = events[CUSTOMER_ID].nunique() + 1
     assert bounds[0][0] == 0 and bounds[-1][1] == n_customers and len(bounds) >= 3
