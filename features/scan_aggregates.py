@@ -287,9 +287,9 @@ def scan_partitions(
     """Base aggregates of every customer with an event before `as_of_us`, a customer range at a
     time, ranges in customer_id order (so the partitions concatenate into a sorted table).
 
-    Two cores at work: two threads reduce ranges in numpy while this one has DuckDB scan the
-    next range and the caller derives the finished ones (numpy and DuckDB release the GIL for
-    most of their loops). At most `_IN_FLIGHT` ranges are scanned and not yet handed over.
+    Two cores at work: two threads reduce ranges (the compiled loop) while this one has DuckDB
+    scan the next range and the caller derives the finished ones (the compiled loops and DuckDB
+    release the GIL). At most `_IN_FLIGHT` ranges are scanned and not yet handed over.
     """
     plan = plan or ScanPlan.of(fs)
     by_number = numbered(con, events)
