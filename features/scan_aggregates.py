@@ -208,25 +208,29 @@ def _list(values: list[str]) -> str:
     return "[" + ", ".join(_quote(v) for v in values) + "]::VARCHAR[]"
 
 
-def partition_bounds(
-    con: duckdb.DuckDBPyConnection, events: str, partition_events: int
-) -> list[tuple[str | None, str | None]]:
-    """Ranges [lo, hi) of customer_id holding about `partition_events` events each.
-
-    One range (no bounds) when the relation is small enough; otherwise the boundaries are
-    quantiles of a sample of the events' customer_ids, so the ranges hold similar event counts.
-    """
+def _sampled_cuts(
+    con: duckdb.DuckDBPyConnection, events: str, key: str, partition_events: int
+) -> list:
+    """Boundaries splitting `events` into ranges of `key` of about `partition_events` events
+    each: quantiles of a sample of the events' keys (none when one range is enough)."""
     n_events = con.sql(f"SELECT count(*) FROM {events}").fetchall()[0][0]
     n_parts = max(1, math.ceil(n_events / max(partition_events, 1)))
     if n_parts == 1:
-        return [(None, None)]
+        return []
     sample = con.sql(
-        f"SELECT {CUSTOMER_ID} FROM {events} WHERE {CUSTOMER_ID} IS NOT NULL "
+        f"SELECT {key} FROM {events} WHERE {key} IS NOT NULL "
         f"USING SAMPLE reservoir({_CUSTOMERS_SAMPLED} ROWS) REPEATABLE (7)"
     ).fetchall()
-    ids = sorted(r[0] for r in sample)
-    cuts = sorted({ids[len(ids) * k // n_parts] for k in range(1, n_parts)}) if ids else []
-    edges: list[str | None] = [None, *cuts, None]
+    keys = sorted(r[0] for r in sample)
+    return sorted({keys[len(keys) * k // n_parts] for k in range(1, n_parts)}) if keys else []
+
+
+def partition_bounds(
+    con: duckdb.DuckDBPyConnection, events: str, partition_events: int
+) -> list[tuple[str | None, str | None]]:
+    """Ranges [lo, hi) of customer_id holding about `partition_events` events each; one range
+    (no bounds) when the relation is small enough."""
+    edges = [None, *_sampled_cuts(con, events, CUSTOMER_ID, partition_events), None]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
@@ -247,19 +251,10 @@ def number_bounds(
     con: duckdb.DuckDBPyConnection, events: str, partition_events: int
 ) -> list[tuple[int, int]]:
     """Ranges [lo, hi) of customer_no holding about `partition_events` events each, covering
-    every customer_no of the index (boundaries: quantiles of a sample, as `partition_bounds`)."""
+    every customer_no of the index."""
     n_customers = con.sql(f"SELECT count(*) FROM {CUSTOMER_INDEX}").fetchall()[0][0]
-    n_events = con.sql(f"SELECT count(*) FROM {events}").fetchall()[0][0]
-    n_parts = max(1, math.ceil(n_events / max(partition_events, 1)))
-    if n_parts == 1:
-        return [(0, n_customers)]
-    sample = con.sql(
-        f"SELECT {CUSTOMER_NO} FROM {events} WHERE {CUSTOMER_NO} IS NOT NULL "
-        f"USING SAMPLE reservoir({_CUSTOMERS_SAMPLED} ROWS) REPEATABLE (7)"
-    ).fetchnumpy()[CUSTOMER_NO]
-    nos = np.sort(sample.astype(np.int64))
-    cuts = {int(nos[len(nos) * k // n_parts]) for k in range(1, n_parts)} if len(nos) else set()
-    edges = [0, *sorted(cuts - {0}), n_customers]
+    cuts = [int(c) for c in _sampled_cuts(con, events, CUSTOMER_NO, partition_events) if c > 0]
+    edges = [0, *cuts, n_customers]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 

@@ -377,6 +377,7 @@ class UpliftRLearner:
         scores every row, where a single later slice left the choice to a few hundred
         conversions on Hillstrom."""
         keys = self._effect_keys(X)
+        fold = np.random.default_rng(self.params.seed).permutation(len(X)) % self.uplift.shape_folds
 
         def fit(rows: np.ndarray, shape: str) -> list[dict[str, tuple[float, float]]]:
             out = []
@@ -404,8 +405,6 @@ class UpliftRLearner:
                 loss += float(np.sum((residual_y[score_rows] - residual_t[score_rows] * tau) ** 2))
             return loss
 
-        rng = np.random.default_rng(self.params.seed)
-        fold = rng.permutation(len(X)) % self.uplift.shape_folds
         self.shape_losses_ = {shape: held_out_loss(shape) for shape in EFFECT_SHAPES}
         self.effect_shape_ = min(self.shape_losses_, key=self.shape_losses_.get)
         self.effect_lines_ = fit(np.arange(len(X)), self.effect_shape_)
