@@ -11,11 +11,13 @@ computes the same numbers from a single projection scan:
    event store the customer is its integer customer_no, which indexes the result's rows
    directly and maps back to customer_id through `customer_index` once per customer; on any
    other relation it is customer_id, and runs of equal ids are found and ranked;
-2. a plan maps each (channel, event type) pair, and each (pair, hour / weekday / category), to
-   the base aggregates whose filter it passes, with the operation each applies;
-3. one pass over the rows, compiled with numba, adds each row's value (a decay weight, the
+2. a plan maps each (channel, event type) pair to the base aggregates whose filter it passes
+   (those split by hour, weekday or category through a lookup by the row's value), with what
+   each takes from the row;
+3. one pass over the rows, compiled with numba, adds each row's moment (a decay weight, the
    amount, one, a window indicator) to those aggregates or takes the max / min of its time.
-   The event store is sorted by customer_id, so a customer's row of the result stays in cache.
+   The event store is sorted by customer_id, so a customer's rows come as a run, reduced into
+   one row in cache and written out once.
 
 Two threads reduce ranges while DuckDB scans the next one (see `scan_partitions`); the compiled
 loop releases the GIL.
@@ -60,42 +62,52 @@ _CUSTOMERS_SAMPLED = 20_000
 Bounds = tuple[str | None, str | None] | tuple[int, int]
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
-# operation codes of the compiled loop
-_OPS = {
-    "decayed_count": 0,
-    "decayed_amount": 1,
-    "count": 2,
-    "amount": 3,
-    "window_count": 4,
-    "last": 5,
-    "first": 6,
-}
-# a pair's target lists, per dimension: none, hour 0-23, weekday 0-6, category 0..n (0: other)
-_HOUR0, _DOW0, _CAT0 = 1, 25, 32
+# a target's dimension, and the moments of time targets
+_HOUR, _DOW, _CATEGORY = 1, 2, 3
+_LAST, _FIRST = -1, -2
 
 
 @dataclass(frozen=True)
 class ScanPlan:
     """What one snapshot scan reads and which base aggregates each of its rows feeds.
 
-    Targets are a compressed list per key, key = pair * stride + slot, where pair is the
-    (channel code, event type code) of the row (codes are 1-based positions in the
-    vocabularies, 0 for a value outside them) and slot 0 (no dimension), 1 + hour, 25 +
-    weekday or 32 + category code: `ptr[key]:ptr[key + 1]` index `column`, `op` and `param`
-    (the position of the aggregate's decay rate or window in `rates` / `windows_us`).
+    A row's pair is its (channel code, event type code), pair = channel * (n types + 1) + type
+    (codes are 1-based positions in the vocabularies, 0 for a value outside them). The pair's
+    targets are `ptr[pair]:ptr[pair + 1]` of three parallel arrays:
+
+    * `target_moment`: what the target takes from the row, an index into the row's moments
+      (`moment_names`: one, the amount, a decay weight per rate, the amount times each weight,
+      a 0/1 indicator per window) that is added, or `_LAST` / `_FIRST` for the latest /
+      earliest time;
+    * `target_dim`: 0, or the dimension (`_HOUR`, `_DOW`, `_CATEGORY`) the aggregate is split by;
+    * `target_column`: the aggregate's column when `target_dim` is 0, else a row of
+      `dim_columns` mapping the row's hour / weekday / category code to the column (-1: none).
+
+    One list per pair, not per pair and dimension value: the loop over a row's targets then has
+    one trip count per event type, which the CPU's branch predictor learns.
     """
 
     channels: list[str]
     event_types: list[str]
     categories: list[str]
     n_base: int
-    stride: int
     ptr: np.ndarray
-    column: np.ndarray
-    op: np.ndarray
-    param: np.ndarray
+    target_column: np.ndarray
+    target_moment: np.ndarray
+    target_dim: np.ndarray
+    dim_columns: np.ndarray
     rates: np.ndarray
     windows_us: np.ndarray
+
+    @property
+    def moment_names(self) -> list[str]:
+        return [
+            "one",
+            "amount",
+            *(f"decay_{r!r}" for r in self.rates),
+            *(f"amount_decay_{r!r}" for r in self.rates),
+            *(f"window_{w}us" for w in self.windows_us),
+        ]
 
     @classmethod
     def of(cls, fs: FeatureSet) -> ScanPlan:
@@ -104,44 +116,56 @@ class ScanPlan:
         categories = list(dict.fromkeys(str(b.dim_value) for b in fs.base if b.dim == "category"))
         rates = sorted({b.decay_rate_per_us for b in fs.base if b.op.startswith("decayed")})
         windows = sorted({_window_us(b) for b in fs.base if b.op == "window_count"})
-        stride = _CAT0 + len(categories) + 1
         n_types = len(event_types) + 1
-        targets: dict[int, list[tuple[int, int, int]]] = {}
+        n_pairs = (len(channels) + 1) * n_types
+        direct: dict[int, list[tuple[int, int, int]]] = {}
+        by_dim: dict[tuple[int, int, int], dict[int, list[int]]] = {}
         for j, b in enumerate(fs.base):
-            if b.op not in _OPS:
-                raise ValueError(f"unknown aggregate operation {b.op}")
-            slot = _slot(b, categories)
-            if slot is None:
+            dim, value = _dim_value(b, categories)
+            if value is None:
                 continue  # a dimension value no row can have
-            if b.op.startswith("decayed"):
-                param = rates.index(b.decay_rate_per_us)
-            elif b.op == "window_count":
-                param = windows.index(_window_us(b))
-            else:
-                param = 0
+            moment = _moment(b, rates, windows)
             for ci, ch in enumerate(channels, start=1):
                 if b.channels is not None and ch not in b.channels:
                     continue
                 for ti, et in enumerate(event_types, start=1):
                     if et in b.event_types:
-                        key = (ci * n_types + ti) * stride + slot
-                        targets.setdefault(key, []).append((j, _OPS[b.op], param))
-        n_keys = (len(channels) + 1) * n_types * stride
-        sizes = np.zeros(n_keys + 1, dtype=np.int64)
-        for key, items in targets.items():
-            sizes[key + 1] = len(items)
-        flat = [item for key in sorted(targets) for item in targets[key]]
+                        pair = ci * n_types + ti
+                        if dim == 0:
+                            direct.setdefault(pair, []).append((j, moment, 0))
+                        else:
+                            by_dim.setdefault((pair, dim, moment), {}).setdefault(value, []).append(
+                                j
+                            )
+        width = max(24, 7, len(categories) + 1)
+        dim_rows: list[list[int]] = []
+        for (pair, dim, moment), columns in by_dim.items():
+            # one lookup row per aggregate sharing (pair, dimension, moment, value): usually one
+            for r in range(max(len(c) for c in columns.values())):
+                row = [-1] * width
+                for value, cs in columns.items():
+                    if r < len(cs):
+                        row[value] = cs[r]
+                direct.setdefault(pair, []).append((len(dim_rows), moment, dim))
+                dim_rows.append(row)
+        sizes = np.zeros(n_pairs + 1, dtype=np.int64)
+        flat: list[tuple[int, int, int]] = []
+        for pair in range(n_pairs):
+            # direct sums, direct times, then dimensions: the same branch pattern for a pair
+            items = sorted(direct.get(pair, []), key=lambda t: (t[2], t[1] < 0))
+            sizes[pair + 1] = len(items)
+            flat += items
         table = np.array(flat, dtype=np.int64).reshape(-1, 3)
         return cls(
             channels=channels,
             event_types=event_types,
             categories=categories,
             n_base=len(fs.base),
-            stride=stride,
             ptr=np.cumsum(sizes),
-            column=table[:, 0].copy(),
-            op=table[:, 1].copy(),
-            param=table[:, 2].copy(),
+            target_column=table[:, 0].copy(),
+            target_moment=table[:, 1].copy(),
+            target_dim=table[:, 2].astype(np.int8),
+            dim_columns=np.array(dim_rows, dtype=np.int64).reshape(-1, width),
             rates=np.array(rates, dtype=np.float64),
             windows_us=np.array(windows, dtype=np.int64),
         )
@@ -175,20 +199,41 @@ class ScanPlan:
         )
 
 
+def _moment(b: BaseAggregate, rates: list[float], windows: list[int]) -> int:
+    """The row moment an aggregate adds (ordered as `ScanPlan.moment_names`), or _LAST/_FIRST."""
+    n_rates = len(rates)
+    if b.op == "count":
+        return 0
+    if b.op == "amount":
+        return 1
+    if b.op == "decayed_count":
+        return 2 + rates.index(b.decay_rate_per_us)
+    if b.op == "decayed_amount":
+        return 2 + n_rates + rates.index(b.decay_rate_per_us)
+    if b.op == "window_count":
+        return 2 + 2 * n_rates + windows.index(_window_us(b))
+    if b.op == "last":
+        return _LAST
+    if b.op == "first":
+        return _FIRST
+    raise ValueError(f"unknown aggregate operation {b.op}")
+
+
 def _window_us(b: BaseAggregate) -> int:
     return int(round(float(b.param) * US_PER_DAY))
 
 
-def _slot(b: BaseAggregate, categories: list[str]) -> int | None:
-    """The target-list slot of an aggregate's dimension value (None: no row can have it)."""
+def _dim_value(b: BaseAggregate, categories: list[str]) -> tuple[int, int | None]:
+    """An aggregate's dimension code and the row value it counts (None: no row can have it):
+    hour 0-23, weekday 0-6 (0: Monday), or 1 + the category's position (0: other)."""
     if b.dim is None:
-        return 0
+        return 0, 0
     if b.dim == "hour":
-        return _HOUR0 + int(b.dim_value) if 0 <= int(b.dim_value) < 24 else None
+        return _HOUR, int(b.dim_value) if 0 <= int(b.dim_value) < 24 else None
     if b.dim == "dow":
-        return _DOW0 + int(b.dim_value) if 0 <= int(b.dim_value) < 7 else None
+        return _DOW, int(b.dim_value) if 0 <= int(b.dim_value) < 7 else None
     if b.dim == "category":
-        return _CAT0 + categories.index(str(b.dim_value)) + 1
+        return _CATEGORY, categories.index(str(b.dim_value)) + 1
     raise ValueError(f"unknown feature dimension {b.dim}")
 
 
@@ -383,73 +428,99 @@ def _c_remainder(x: int, m: int) -> int:
 @numba.njit(nogil=True, cache=True)
 def _reduce_loop(
     cust: np.ndarray,
+    cust_offset: int,
     ts_us: np.ndarray,
     pair: np.ndarray,
     category: np.ndarray,
     amount: np.ndarray,
     as_of_us: int,
-    stride: int,
     ptr: np.ndarray,
-    column: np.ndarray,
-    op: np.ndarray,
-    param: np.ndarray,
+    target_column: np.ndarray,
+    target_moment: np.ndarray,
+    target_dim: np.ndarray,
+    dim_columns: np.ndarray,
     rates: np.ndarray,
     windows_us: np.ndarray,
     out: np.ndarray,
+    seen: np.ndarray,
 ) -> None:
-    """Add every row to the aggregates its (pair, dimension values) feed; `out` starts NaN."""
-    decay = np.empty(len(rates))
-    for i in range(len(ts_us)):
-        c, t = cust[i], ts_us[i]
+    """Add every row to the aggregates it feeds, row i to out's row cust[i] - cust_offset, and
+    mark that row seen (a row not seen before is not read: `out` may start uninitialised).
+
+    A customer's rows come in runs (the scan is in customer order within a row group), so a
+    run is reduced into one small row that stays in cache, then written out once.
+    """
+    n_rates = len(rates)
+    moment = np.empty(2 + 2 * n_rates + len(windows_us))
+    moment[0] = 1.0
+    dim_value = np.zeros(4, dtype=np.int64)
+    acc = np.empty(out.shape[1])
+    current = -1
+    n = len(ts_us)
+    for i in range(n + 1):
+        c = cust[i] - cust_offset if i < n else -1
+        if c != current:
+            if current >= 0:
+                out[current, :] = acc
+                seen[current] = True
+            if i == n:
+                break
+            current = c
+            if seen[c]:
+                acc[:] = out[c, :]  # the customer's rows continue a run of an earlier batch
+            else:
+                acc[:] = np.nan
+        t = ts_us[i]
+        a = amount[i]
         age = float(as_of_us - t)
-        for k in range(len(rates)):
-            decay[k] = math.exp(-rates[k] * age)
+        moment[1] = a
+        for k in range(n_rates):
+            w = math.exp(-rates[k] * age)
+            moment[2 + k] = w
+            moment[2 + n_rates + k] = a * w
+        for k in range(len(windows_us)):
+            moment[2 + 2 * n_rates + k] = 1.0 if t >= as_of_us - windows_us[k] else 0.0
         # as `base_aggregates_sql`: floor of the hours (days) since the epoch, C remainder;
         # integer floor division equals SQL's FLOOR(ts / 3.6e9) below 2^53 us
-        hour = _c_remainder(t // 3_600_000_000, 24)
-        dow = _c_remainder(t // US_PER_DAY + 3, 7)
-        first_key = int(pair[i]) * stride
-        for d in range(4):
+        if t >= 0:  # integer division by constants: multiplications
+            dim_value[_HOUR] = (t // 3_600_000_000) % 24
+            dim_value[_DOW] = (t // US_PER_DAY + 3) % 7
+        else:
+            dim_value[_HOUR] = _c_remainder(t // 3_600_000_000, 24)
+            dim_value[_DOW] = _c_remainder(t // US_PER_DAY + 3, 7)
+        dim_value[_CATEGORY] = category[i]
+        p = pair[i]
+        for e in range(ptr[p], ptr[p + 1]):
+            d = target_dim[e]
             if d == 0:
-                key = first_key
-            elif d == 1:
-                if hour < 0:
-                    continue
-                key = first_key + _HOUR0 + hour
-            elif d == 2:
-                if dow < 0:
-                    continue
-                key = first_key + _DOW0 + dow
+                j = target_column[e]
             else:
-                key = first_key + _CAT0 + int(category[i])
-            for e in range(ptr[key], ptr[key + 1]):
-                j, o = column[e], op[e]
-                old = out[c, j]
-                if o == 5:  # last
-                    if not old >= t:  # NaN or earlier
-                        out[c, j] = t
+                v = dim_value[d]
+                if v < 0:
+                    continue  # before 1970: SQL's remainder is negative, no hour matches
+                j = dim_columns[target_column[e], v]
+                if j < 0:
                     continue
-                if o == 6:  # first
-                    if not old <= t:
-                        out[c, j] = t
-                    continue
-                if o == 0:
-                    v = decay[param[e]]
-                elif o == 1:
-                    v = amount[i] * decay[param[e]]
-                elif o == 2:
-                    v = 1.0
-                elif o == 3:
-                    v = amount[i]
-                else:
-                    v = 1.0 if t >= as_of_us - windows_us[param[e]] else 0.0
-                out[c, j] = v if math.isnan(old) else old + v
+            m = target_moment[e]
+            old = acc[j]
+            if m >= 0:
+                x = moment[m]
+                acc[j] = x if math.isnan(old) else old + x
+            elif m == _LAST:
+                if not old >= t:  # NaN or earlier
+                    acc[j] = t
+            elif not old <= t:  # _FIRST: NaN or later
+                acc[j] = t
 
 
 def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
     """Every base aggregate of the customers in `rows` (the scan's columns, by customer_id)."""
     cust, ids = _customer_index(rows.column(CUSTOMER_ID))
-    return Partition(ids, _reduce(plan, rows, as_of_us, cust, len(ids)))
+    base = np.empty((len(ids), plan.n_base))
+    seen = np.zeros(len(ids), dtype=np.bool_)
+    if len(cust):
+        _reduce_batch(plan, rows.combine_chunks().to_batches()[0], as_of_us, cust, 0, base, seen)
+    return Partition(ids, base)
 
 
 def reduce_numbered_rows(
@@ -459,38 +530,50 @@ def reduce_numbered_rows(
     where `ids` are the customer_ids of customer_no lo, lo + 1, ...; customers without a row
     are left out."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    cust = rows.column(CUSTOMER_NO).to_numpy().astype(np.int64) - lo
-    if len(cust) and (cust.min() < 0 or cust.max() >= len(ids)):
-        raise ValueError(
-            f"{CUSTOMER_NO} outside {CUSTOMER_INDEX}'s range [{lo}, {lo + len(ids)}): the event "
-            "store is inconsistent; run `nba ingest` again"
-        )
-    base = _reduce(plan, rows, as_of_us, cust, len(ids))
-    seen = np.flatnonzero(np.bincount(cust, minlength=len(ids)))
-    return Partition(ids.take(pa.array(seen)), base[seen])
+    base = np.empty((len(ids), plan.n_base))
+    seen = np.zeros(len(ids), dtype=np.bool_)
+    # record batch by batch: their columns are numpy views, no copy
+    for batch in rows.to_batches():
+        if batch.num_rows == 0:
+            continue
+        numbers = batch.column(CUSTOMER_NO).to_numpy()
+        if numbers.min() < lo or numbers.max() >= lo + len(ids):
+            raise ValueError(
+                f"{CUSTOMER_NO} outside {CUSTOMER_INDEX}'s range [{lo}, {lo + len(ids)}): the "
+                "event store is inconsistent; run `nba ingest` again"
+            )
+        _reduce_batch(plan, batch, as_of_us, numbers, lo, base, seen)
+    if seen.all():
+        return Partition(ids, base)
+    kept = np.flatnonzero(seen)
+    return Partition(ids.take(pa.array(kept)), base[kept])
 
 
-def _reduce(
-    plan: ScanPlan, rows: pa.Table, as_of_us: int, cust: np.ndarray, n_customers: int
-) -> np.ndarray:
-    """(customers x base) aggregates of `rows`, row i belonging to customer cust[i]."""
-    base = np.full((n_customers, plan.n_base), np.nan)
-    if n_customers == 0 or len(cust) == 0:
-        return base
+def _reduce_batch(
+    plan: ScanPlan,
+    batch: pa.RecordBatch,
+    as_of_us: int,
+    cust: np.ndarray,
+    cust_offset: int,
+    out: np.ndarray,
+    seen: np.ndarray,
+) -> None:
+    """Add a batch of scanned rows, row i belonging to out's row cust[i] - cust_offset."""
     _reduce_loop(
         cust,
-        rows.column("ts_us").to_numpy(),
-        rows.column("pair").to_numpy(),
-        rows.column("category").to_numpy(),
-        rows.column("amount").to_numpy(),
+        int(cust_offset),
+        batch.column("ts_us").to_numpy(),
+        batch.column("pair").to_numpy(),
+        batch.column("category").to_numpy(),
+        batch.column("amount").to_numpy(),
         int(as_of_us),
-        plan.stride,
         plan.ptr,
-        plan.column,
-        plan.op,
-        plan.param,
+        plan.target_column,
+        plan.target_moment,
+        plan.target_dim,
+        plan.dim_columns,
         plan.rates,
         plan.windows_us,
-        base,
+        out,
+        seen,
     )
-    return base
