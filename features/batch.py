@@ -24,10 +24,20 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
+from features.contract import (
+    AMOUNT,
+    CATEGORY,
+    CHANNEL,
+    CUSTOMER_ID,
+    CUSTOMER_INDEX,
+    CUSTOMER_NO,
+    EVENT_TYPE,
+    TS,
+)
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
-from features.scan_aggregates import Partition, ScanPlan, scan_partitions
+from features.scan_aggregates import Partition, ScanPlan, numbered, scan_partitions
 
 AS_OF_US = "as_of_us"
 QUERY_ID = "query_id"
@@ -305,6 +315,7 @@ class BatchEngine(FeatureEngine):
         self.customers = customers
         self._profile = None
         self._plan: ScanPlan | None = None
+        self._profile_row_of_number: np.ndarray | None = None  # customer_no -> profile row
 
     def profile_table(self) -> pd.DataFrame | None:
         if self.customers is None:
@@ -337,25 +348,72 @@ class BatchEngine(FeatureEngine):
         """Features of every customer active before `as_of`: customer_id, as_of, features.
 
         Each customer range is derived as soon as it is reduced, so only one range's base
-        aggregates are in memory next to the features.
+        aggregates are in memory next to the features. On the event store the features are
+        derived straight into one table sized for every customer of its index, and the profile
+        is joined by customer number (its row of each customer_no, looked up once).
         """
         as_of_us = int(to_us(as_of))
-        ids: list[np.ndarray] = []
-        feats: list[np.ndarray] = []
+        n_names = len(self.fs.names)
+        capacity = self._store_customers()
+        values = np.empty((capacity, n_names)) if capacity is not None else None
+        blocks: list[np.ndarray] = []
+        ids: list[pa.Array] = []
+        numbers: list[np.ndarray] = []
+        rows = 0
         for part in self._partitions(as_of):
             n = part.base.shape[0]
-            feats.append(self.fs.derive(part.base, np.full(n, as_of_us, dtype=np.int64)))
-            ids.append(part.ids())
+            times = np.full(n, as_of_us, dtype=np.int64)
+            if values is not None:
+                self.fs.derive(part.base, times, out=values[rows : rows + n])
+                numbers.append(part.customer_no)
+            else:
+                blocks.append(self.fs.derive(part.base, times))
+            ids.append(part.customer_ids)
+            rows += n
             del part
-        values = _stack_releasing(feats, len(self.fs.names))
-        customer_ids = np.concatenate(ids) if ids else np.empty(0, dtype=object)
+        values = values[:rows] if values is not None else _stack_releasing(blocks, n_names)
+        id_array = pa.chunked_array(ids) if ids else pa.chunked_array([], pa.string())
+        customer_ids = id_array.to_pandas()
         frame = pd.DataFrame(values, columns=self.fs.names, copy=False)
         frame.insert(0, AS_OF, pd.Timestamp(as_of_us, unit="us", tz="UTC"))
         frame.insert(0, CUSTOMER_ID, customer_ids)
-        result = self._with_profile(frame, customer_ids)
+        if capacity is not None:
+            no = np.concatenate(numbers) if numbers else np.empty(0, dtype=np.int64)
+            result = self._with_profile_by_number(frame, no)
+        else:
+            result = self._with_profile(frame, customer_ids.to_numpy())
         del frame, values
         _return_freed_heap()  # the profile join's intermediates: gigabytes at 1M customers
         return result
+
+    def _store_customers(self) -> int | None:
+        """The number of customers of the event store's index, when `events` is the store."""
+        if not numbered(self.con, self.events):
+            return None
+        return int(self.con.sql(f"SELECT count(*) FROM {CUSTOMER_INDEX}").fetchall()[0][0])
+
+    def _with_profile_by_number(self, feats: pd.DataFrame, numbers: np.ndarray) -> pd.DataFrame:
+        """The profile columns joined on the store's customer numbers (rows without a profile
+        get missing values, as a reindex gives them)."""
+        profile = self.profile()
+        if profile is None:
+            return feats
+        if self._profile_row_of_number is None:
+            index = self.con.sql(
+                f"SELECT {CUSTOMER_ID} FROM {CUSTOMER_INDEX} ORDER BY {CUSTOMER_NO}"
+            ).to_arrow_table()
+            self._profile_row_of_number = profile.index.get_indexer(
+                pd.Index(index.column(0).to_pandas())
+            )
+        positions = self._profile_row_of_number[numbers]
+        joined = pd.DataFrame(
+            {
+                c: pd.api.extensions.take(profile[c].array, positions, allow_fill=True)
+                for c in profile.columns
+            },
+            index=feats.index,
+        )
+        return pd.concat([feats, joined], axis=1)
 
     def base_at(self, queries: pd.DataFrame) -> pd.DataFrame:
         """Base aggregates for query points (query_id, customer_id, as_of_us), keyed by query_id."""

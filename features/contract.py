@@ -29,6 +29,11 @@ CUSTOMER_ID = "customer_id"
 # maps it back
 CUSTOMER_NO = "customer_no"
 CUSTOMER_INDEX = "customer_index"
+# the event store's dictionary codes of channel, event type and category: each value's 1-based
+# position among the store's sorted distinct values of its column, 0 for NULL, so a scan reads
+# small integers instead of strings; the view EVENT_VOCABULARY (field, code, value) maps them back
+CODED_COLUMNS = {CHANNEL: "channel_no", EVENT_TYPE: "event_type_no", CATEGORY: "category_no"}
+EVENT_VOCABULARY = "event_vocabulary"
 REASON = "reason"
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"

@@ -144,9 +144,12 @@ class FeatureSet:
         windows = [b.param for b in self.base if b.op == "window_count"]
         return int(max(windows, default=0) * US_PER_DAY)
 
-    def derive(self, base: np.ndarray, as_of_us: np.ndarray) -> np.ndarray:
-        """Derived features (rows x len(names)) from base aggregates (rows x len(base))."""
-        return self._plan.run(np.asarray(base, dtype=np.float64), np.asarray(as_of_us))
+    def derive(
+        self, base: np.ndarray, as_of_us: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Derived features (rows x len(names)) from base aggregates (rows x len(base)),
+        written into `out` (C-contiguous float64 rows) when given."""
+        return self._plan.run(np.asarray(base, dtype=np.float64), np.asarray(as_of_us), out)
 
     def derive_frame(self, base: pd.DataFrame, as_of_us: np.ndarray) -> pd.DataFrame:
         values = self.derive(base[self.base_names].to_numpy(dtype=np.float64), as_of_us)
@@ -371,9 +374,13 @@ class _DerivationPlan:
         )
         self.names += [f"category_{c}_share" for c in cfg.categories]
 
-    def run(self, base: np.ndarray, as_of_us: np.ndarray) -> np.ndarray:
+    def run(self, base: np.ndarray, as_of_us: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         as_of = np.ascontiguousarray(np.broadcast_to(as_of_us, (len(base),)), dtype=np.float64)
-        out = np.empty((len(base), len(self.names)))
+        shape = (len(base), len(self.names))
+        if out is None:
+            out = np.empty(shape)
+        elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+            raise ValueError(f"derive: out must be C-contiguous float64 {shape}, not {out.shape}")
         _derive_rows(
             np.ascontiguousarray(base),
             as_of,

@@ -2,10 +2,14 @@
 
 DIR/store/ holds, all written by DuckDB COPY (zstd parquet):
 
-* events.parquet: accepted events in the contract's columns and types plus customer_id and
-  customer_no (its integer key), sorted by customer_id, ts, event_id;
+* events.parquet: accepted events in the contract's columns and types plus customer_id,
+  customer_no (its integer key) and the coded columns, sorted by customer_id, ts, event_id;
+  parquet format version 2, whose delta encoding of the sorted times scans faster;
 * customer_index.parquet: customer_no, customer_id of every resolved customer, customer_no
   0, 1, 2, ... in customer_id order (a scan reads the integer and maps it back per customer);
+* vocabulary.parquet: field, code, value of the dictionary codes events.parquet carries beside
+  channel, event_type and category (channel_no, ...; 0 for NULL), so a scan reads small
+  integers, not strings;
 * identity.parquet: identifier, identifier_type, customer_id (sorted by identifier);
 * customers.parquet: customer_id first, then the customers table's columns; one row a
   customer_id (the first row by file and row when several keys resolve to one person); empty
@@ -35,12 +39,14 @@ import pyarrow as pa
 
 from features.config import DataConfig
 from features.contract import (
+    CODED_COLUMNS,
     CUSTOMER_ID,
     CUSTOMER_INDEX,
     CUSTOMER_KEY,
     CUSTOMER_NO,
     EVENT_ID,
     EVENT_SCHEMA,
+    EVENT_VOCABULARY,
     KEY_SEPARATOR,
     LINK_KEY,
     TS,
@@ -66,15 +72,23 @@ from features.validation import (
     write_quarantine,
 )
 
-STORE_VERSION = 2  # 2: customer_no and customer_index.parquet
+STORE_VERSION = 3  # 2: customer_no and customer_index.parquet; 3: coded columns, vocabulary
 SOURCE_CUSTOMER_ID = "source_customer_id"
 EVENTS_FILE = "events.parquet"
 IDENTITY_FILE = "identity.parquet"
 CUSTOMERS_FILE = "customers.parquet"
 SHARED_FILE = "shared_identifiers.parquet"
 CUSTOMER_INDEX_FILE = "customer_index.parquet"
+VOCABULARY_FILE = "vocabulary.parquet"
 MANIFEST_FILE = "manifest.json"
-STORE_FILES = [EVENTS_FILE, IDENTITY_FILE, CUSTOMERS_FILE, SHARED_FILE, CUSTOMER_INDEX_FILE]
+STORE_FILES = [
+    EVENTS_FILE,
+    IDENTITY_FILE,
+    CUSTOMERS_FILE,
+    SHARED_FILE,
+    CUSTOMER_INDEX_FILE,
+    VOCABULARY_FILE,
+]
 
 
 @dataclass(frozen=True)
@@ -222,14 +236,28 @@ def ingest(
             f"{identity.summary.customers:,} customers"
         )
 
+        _create_vocabulary(con, events.accepted)
         cols = ", ".join(f"e.{c}" for c in EVENT_SCHEMA.names)
+        codes = ", ".join(
+            f"COALESCE(v{i}.code, 0)::{_code_type(con, field)} AS {coded}"
+            for i, (field, coded) in enumerate(CODED_COLUMNS.items())
+        )
+        code_joins = " ".join(
+            f"LEFT JOIN (SELECT code, value FROM _nba_vocabulary WHERE field = {_lit(field)}) v{i} "
+            f"ON v{i}.value = e.{field}"
+            for i, field in enumerate(CODED_COLUMNS)
+        )
         copy_to_parquet(
             con,
-            f"SELECT {cols}, m.{CUSTOMER_ID}, n.{CUSTOMER_NO} FROM {events.accepted} e "
+            f"SELECT {cols}, m.{CUSTOMER_ID}, n.{CUSTOMER_NO}, {codes} FROM {events.accepted} e "
             f"JOIN _nba_identity m ON e.{CUSTOMER_KEY} = m.{IDENTIFIER} "
-            f"JOIN _nba_numbers n ON n.{CUSTOMER_ID} = m.{CUSTOMER_ID} "
+            f"JOIN _nba_numbers n ON n.{CUSTOMER_ID} = m.{CUSTOMER_ID} {code_joins} "
             f"ORDER BY n.{CUSTOMER_NO}, e.{TS}, e.{EVENT_ID}",
             staging / EVENTS_FILE,
+            parquet_version=2,
+        )
+        copy_to_parquet(
+            con, "SELECT * FROM _nba_vocabulary ORDER BY field, code", staging / VOCABULARY_FILE
         )
         copy_to_parquet(
             con,
@@ -285,6 +313,29 @@ def ingest(
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(spill, ignore_errors=True)
     return report
+
+
+def _create_vocabulary(con: duckdb.DuckDBPyConnection, events: str) -> None:
+    """Temp table _nba_vocabulary (field, code, value): each coded column's distinct values,
+    numbered 1, 2, ... in sorted order."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _nba_vocabulary AS "
+        + " UNION ALL ".join(
+            f"SELECT {_lit(field)} AS field, "
+            f"(row_number() OVER (ORDER BY value))::UINTEGER AS code, value "
+            f"FROM (SELECT DISTINCT CAST({field} AS VARCHAR) AS value FROM {events} "
+            f"WHERE {field} IS NOT NULL)"
+            for field in CODED_COLUMNS
+        )
+    )
+
+
+def _code_type(con: duckdb.DuckDBPyConnection, field: str) -> str:
+    """The narrowest unsigned integer type holding a coded column's codes."""
+    n = con.execute(f"SELECT count(*) FROM _nba_vocabulary WHERE field = {_lit(field)}").fetchall()[
+        0
+    ][0]
+    return "USMALLINT" if n < 2**16 else "UINTEGER"
 
 
 def _write_customers(con: duckdb.DuckDBPyConnection, customers, target: Path) -> tuple[int, int]:
@@ -345,7 +396,7 @@ def store_is_current(data_dir: DataDir | Path | str, config: DataConfig | None =
 
 def open_store(data_dir: DataDir | Path | str) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection (session TimeZone UTC) with views `events`, `customers`,
-    `identity`, `shared_identifiers` and `customer_index` over DIR/store."""
+    `identity`, `shared_identifiers`, `customer_index` and `event_vocabulary` over DIR/store."""
     dd = _data_dir(data_dir)
     missing = [name for name in STORE_FILES if not (dd.store / name).is_file()]
     if missing:
@@ -360,6 +411,7 @@ def open_store(data_dir: DataDir | Path | str) -> duckdb.DuckDBPyConnection:
         ("identity", IDENTITY_FILE),
         ("shared_identifiers", SHARED_FILE),
         (CUSTOMER_INDEX, CUSTOMER_INDEX_FILE),
+        (EVENT_VOCABULARY, VOCABULARY_FILE),
     ]:
         path = _lit(str((dd.store / name).resolve()))
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({path})")

@@ -49,10 +49,12 @@ from features.contract import (
     AMOUNT,
     CATEGORY,
     CHANNEL,
+    CODED_COLUMNS,
     CUSTOMER_ID,
     CUSTOMER_INDEX,
     CUSTOMER_NO,
     EVENT_TYPE,
+    EVENT_VOCABULARY,
     TS,
 )
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
@@ -170,32 +172,87 @@ class ScanPlan:
             windows_us=np.array(windows, dtype=np.int64),
         )
 
-    def rows_sql(self, events: str, as_of_us: int, bounds: Bounds) -> str:
+    def rows_sql(self, events: str, as_of_us: int, bounds: Bounds, codes: RowCodes) -> str:
         """The scan: rows before the as-of time whose event type some aggregate uses, in a
-        customer_id range (string bounds) or a customer_no range (integer bounds)."""
-        n_types = len(self.event_types) + 1
-        where = [
-            f"{CUSTOMER_ID} IS NOT NULL",
-            f"epoch_us({TS}) < {int(as_of_us)}",
-            f"{EVENT_TYPE} IN {_in_list(self.event_types)}",
-        ]
+        customer_id range (string bounds: channel, event type and category coded here as
+        positions in the plan's vocabularies) or, on the event store, a customer_no range
+        (integer bounds: the store's codes, mapped by `codes`)."""
         lo, hi = bounds
-        by_number = isinstance(lo, int) and isinstance(hi, int)
-        key = CUSTOMER_NO if by_number else CUSTOMER_ID
-        literal = str if by_number else _quote
-        if lo is not None:
-            where.append(f"{key} >= {literal(lo)}")
-        if hi is not None:
-            where.append(f"{key} < {literal(hi)}")
+        where = [f"epoch_us({TS}) < {int(as_of_us)}"]
+        if isinstance(lo, int) and isinstance(hi, int):
+            channel, event_type, category = (
+                CODED_COLUMNS[c] for c in (CHANNEL, EVENT_TYPE, CATEGORY)
+            )
+            types = ", ".join(str(c) for c in codes.type_codes) or "NULL"
+            where += [
+                f"{event_type} IN ({types})",
+                f"{CUSTOMER_NO} >= {lo}",
+                f"{CUSTOMER_NO} < {hi}",
+            ]
+            # the time as stored (microseconds): no conversion per row
+            columns = (
+                f"{CUSTOMER_NO}, {TS} AS ts_us, {channel} AS channel_no, "
+                f"{event_type} AS event_type_no, {category} AS category_no"
+            )
+        else:
+            where += [f"{CUSTOMER_ID} IS NOT NULL", f"{EVENT_TYPE} IN {_in_list(self.event_types)}"]
+            if lo is not None:
+                where.append(f"{CUSTOMER_ID} >= {_quote(lo)}")
+            if hi is not None:
+                where.append(f"{CUSTOMER_ID} < {_quote(hi)}")
+            columns = f"{CUSTOMER_ID}, epoch_us({TS}) AS ts_us, " + ", ".join(
+                f"CAST(COALESCE(list_position({_list(vocabulary)}, {column}), 0) AS USMALLINT) "
+                f"AS {CODED_COLUMNS[column]}"
+                for column, vocabulary in [
+                    (CHANNEL, self.channels),
+                    (EVENT_TYPE, self.event_types),
+                    (CATEGORY, self.categories),
+                ]
+            )
         return (
-            f"SELECT {key}, epoch_us({TS}) AS ts_us, "
-            f"CAST(COALESCE(list_position({_list(self.channels)}, {CHANNEL}), 0) * {n_types} "
-            f"+ COALESCE(list_position({_list(self.event_types)}, {EVENT_TYPE}), 0) "
-            "AS USMALLINT) AS pair, "
-            f"CAST(COALESCE(list_position({_list(self.categories)}, {CATEGORY}), 0) "
-            "AS USMALLINT) AS category, "
-            f"CAST(COALESCE({AMOUNT}, 0.0) AS DOUBLE) AS amount "
+            f"SELECT {columns}, CAST(COALESCE({AMOUNT}, 0.0) AS DOUBLE) AS amount "
             f"FROM {events} WHERE {' AND '.join(where)}"
+        )
+
+
+@dataclass(frozen=True)
+class RowCodes:
+    """How a scan's coded columns map to a plan: pair = pair_lut[channel_no, event_type_no],
+    category = category_lut[category_no]; `type_codes` are the event types the plan uses."""
+
+    pair_lut: np.ndarray
+    category_lut: np.ndarray
+    type_codes: list[int]
+
+    @classmethod
+    def of_plan(cls, plan: ScanPlan) -> RowCodes:
+        """The codes `rows_sql` computes from strings: already the plan's positions."""
+        n_types = len(plan.event_types) + 1
+        channels = np.arange(len(plan.channels) + 1)
+        return cls(
+            pair_lut=channels[:, None] * n_types + np.arange(n_types)[None, :],
+            category_lut=np.arange(len(plan.categories) + 1),
+            type_codes=list(range(1, n_types)),
+        )
+
+    @classmethod
+    def of_store(cls, con: duckdb.DuckDBPyConnection, plan: ScanPlan) -> RowCodes:
+        """The event store's codes (its `event_vocabulary`) mapped to the plan's positions."""
+        vocabulary = con.sql(f"SELECT field, code, value FROM {EVENT_VOCABULARY}").fetchall()
+
+        def positions(field: str, values: list[str]) -> np.ndarray:
+            codes = {int(c): v for f, c, v in vocabulary if f == field}
+            lut = np.zeros(max(codes, default=0) + 1, dtype=np.int64)
+            for code, value in codes.items():
+                lut[code] = values.index(value) + 1 if value in values else 0
+            return lut
+
+        channels = positions(CHANNEL, plan.channels)
+        types = positions(EVENT_TYPE, plan.event_types)
+        return cls(
+            pair_lut=channels[:, None] * (len(plan.event_types) + 1) + types[None, :],
+            category_lut=positions(CATEGORY, plan.categories),
+            type_codes=[code for code in range(len(types)) if types[code] > 0],
         )
 
 
@@ -280,13 +337,15 @@ def partition_bounds(
 
 
 def numbered(con: duckdb.DuckDBPyConnection, events: str) -> bool:
-    """Whether `events` carries the event store's customer_no and its `customer_index` is
-    there: then a scan reads the integer and maps it back to customer_id per customer."""
+    """Whether `events` carries the event store's integers (customer_no and the coded columns)
+    and its `customer_index` and `event_vocabulary` are there: then a scan reads integers and
+    maps them back (customer_id per customer, values through the vocabulary)."""
     columns = {row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {events}").fetchall()}
-    if CUSTOMER_NO not in columns:
+    if not {CUSTOMER_NO, *CODED_COLUMNS.values()} <= columns:
         return False
     try:
         con.sql(f"SELECT {CUSTOMER_NO}, {CUSTOMER_ID} FROM {CUSTOMER_INDEX} LIMIT 0")
+        con.sql(f"SELECT field, code, value FROM {EVENT_VOCABULARY} LIMIT 0")
     except duckdb.Error:
         return False
     return True
@@ -310,6 +369,7 @@ class Partition:
 
     customer_ids: pa.Array
     base: np.ndarray
+    customer_no: np.ndarray | None = None  # the store's numbers of the customers, if scanned there
 
     def ids(self) -> np.ndarray:
         """The customer ids as an object array of str (as DuckDB's `.df()` gives them)."""
@@ -333,6 +393,7 @@ def scan_partitions(
     """
     plan = plan or ScanPlan.of(fs)
     by_number = numbered(con, events)
+    codes = RowCodes.of_store(con, plan) if by_number else RowCodes.of_plan(plan)
     ranges: list[Bounds] = (
         number_bounds(con, events, partition_events)
         if by_number
@@ -341,16 +402,18 @@ def scan_partitions(
     with ThreadPoolExecutor(max_workers=_IN_FLIGHT, thread_name_prefix="nba-reduce") as pool:
         pending: deque[Future[Partition]] = deque()
         for bounds in ranges:
-            rows = con.sql(plan.rows_sql(events, as_of_us, bounds)).to_arrow_table()
+            rows = con.sql(plan.rows_sql(events, as_of_us, bounds, codes)).to_arrow_table()
             if by_number:
                 lo, hi = bounds
                 ids = con.sql(
                     f"SELECT {CUSTOMER_ID} FROM {CUSTOMER_INDEX} WHERE {CUSTOMER_NO} >= {lo} "
                     f"AND {CUSTOMER_NO} < {hi} ORDER BY {CUSTOMER_NO}"
                 ).to_arrow_table()
-                job = pool.submit(reduce_numbered_rows, plan, rows, as_of_us, lo, ids.column(0))
+                job = pool.submit(
+                    reduce_numbered_rows, plan, codes, rows, as_of_us, lo, ids.column(0)
+                )
             else:
-                job = pool.submit(reduce_rows, plan, rows, as_of_us)
+                job = pool.submit(reduce_rows, plan, codes, rows, as_of_us)
             pending.append(job)
             del rows
             if len(pending) >= _IN_FLIGHT:
@@ -430,10 +493,13 @@ def _reduce_loop(
     cust: np.ndarray,
     cust_offset: int,
     ts_us: np.ndarray,
-    pair: np.ndarray,
-    category: np.ndarray,
+    channel_no: np.ndarray,
+    event_type_no: np.ndarray,
+    category_no: np.ndarray,
     amount: np.ndarray,
     as_of_us: int,
+    pair_lut: np.ndarray,
+    category_lut: np.ndarray,
     ptr: np.ndarray,
     target_column: np.ndarray,
     target_moment: np.ndarray,
@@ -488,8 +554,8 @@ def _reduce_loop(
         else:
             dim_value[_HOUR] = _c_remainder(t // 3_600_000_000, 24)
             dim_value[_DOW] = _c_remainder(t // US_PER_DAY + 3, 7)
-        dim_value[_CATEGORY] = category[i]
-        p = pair[i]
+        dim_value[_CATEGORY] = category_lut[category_no[i]]
+        p = pair_lut[channel_no[i], event_type_no[i]]
         for e in range(ptr[p], ptr[p + 1]):
             d = target_dim[e]
             if d == 0:
@@ -513,18 +579,24 @@ def _reduce_loop(
                 acc[j] = t
 
 
-def reduce_rows(plan: ScanPlan, rows: pa.Table, as_of_us: int) -> Partition:
+def reduce_rows(plan: ScanPlan, codes: RowCodes, rows: pa.Table, as_of_us: int) -> Partition:
     """Every base aggregate of the customers in `rows` (the scan's columns, by customer_id)."""
     cust, ids = _customer_index(rows.column(CUSTOMER_ID))
     base = np.empty((len(ids), plan.n_base))
     seen = np.zeros(len(ids), dtype=np.bool_)
     if len(cust):
-        _reduce_batch(plan, rows.combine_chunks().to_batches()[0], as_of_us, cust, 0, base, seen)
+        batch = rows.combine_chunks().to_batches()[0]
+        _reduce_batch(plan, codes, batch, as_of_us, cust, 0, base, seen)
     return Partition(ids, base)
 
 
 def reduce_numbered_rows(
-    plan: ScanPlan, rows: pa.Table, as_of_us: int, lo: int, ids: pa.ChunkedArray
+    plan: ScanPlan,
+    codes: RowCodes,
+    rows: pa.Table,
+    as_of_us: int,
+    lo: int,
+    ids: pa.ChunkedArray,
 ) -> Partition:
     """Every base aggregate of the customers in `rows` (the scan's columns, by customer_no),
     where `ids` are the customer_ids of customer_no lo, lo + 1, ...; customers without a row
@@ -542,15 +614,16 @@ def reduce_numbered_rows(
                 f"{CUSTOMER_NO} outside {CUSTOMER_INDEX}'s range [{lo}, {lo + len(ids)}): the "
                 "event store is inconsistent; run `nba ingest` again"
             )
-        _reduce_batch(plan, batch, as_of_us, numbers, lo, base, seen)
+        _reduce_batch(plan, codes, batch, as_of_us, numbers, lo, base, seen)
     if seen.all():
-        return Partition(ids, base)
+        return Partition(ids, base, np.arange(lo, lo + len(ids)))
     kept = np.flatnonzero(seen)
-    return Partition(ids.take(pa.array(kept)), base[kept])
+    return Partition(ids.take(pa.array(kept)), base[kept], kept + lo)
 
 
 def _reduce_batch(
     plan: ScanPlan,
+    codes: RowCodes,
     batch: pa.RecordBatch,
     as_of_us: int,
     cust: np.ndarray,
@@ -559,14 +632,30 @@ def _reduce_batch(
     seen: np.ndarray,
 ) -> None:
     """Add a batch of scanned rows, row i belonging to out's row cust[i] - cust_offset."""
+    channel, event_type, category = (
+        batch.column(CODED_COLUMNS[c]).to_numpy() for c in (CHANNEL, EVENT_TYPE, CATEGORY)
+    )
+    # the lookups are not bounds-checked in the compiled loop
+    if (
+        channel.max() >= codes.pair_lut.shape[0]
+        or event_type.max() >= codes.pair_lut.shape[1]
+        or category.max() >= len(codes.category_lut)
+    ):
+        raise ValueError(
+            f"a code outside {EVENT_VOCABULARY}: the event store is inconsistent; "
+            "run `nba ingest` again"
+        )
     _reduce_loop(
         cust,
         int(cust_offset),
-        batch.column("ts_us").to_numpy(),
-        batch.column("pair").to_numpy(),
-        batch.column("category").to_numpy(),
+        _microseconds(batch.column("ts_us")),
+        channel,
+        event_type,
+        category,
         batch.column("amount").to_numpy(),
         int(as_of_us),
+        codes.pair_lut,
+        codes.category_lut,
         plan.ptr,
         plan.target_column,
         plan.target_moment,
@@ -577,3 +666,13 @@ def _reduce_batch(
         out,
         seen,
     )
+
+
+def _microseconds(times: pa.Array) -> np.ndarray:
+    """int64 microseconds since the epoch of a timestamp (or already integer) column; a view
+    when the timestamps are in microseconds, as DuckDB's are."""
+    if pa.types.is_timestamp(times.type):
+        if times.type.unit == "us":
+            return times.view(pa.int64()).to_numpy()
+        return times.cast(pa.timestamp("us", tz=times.type.tz)).view(pa.int64()).to_numpy()
+    return times.to_numpy()

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.config import DataConfig, IdentityConfig
-from features.contract import EVENT_COLUMNS, EVENT_SCHEMA, DataDir
+from features.contract import CODED_COLUMNS, EVENT_COLUMNS, EVENT_SCHEMA, DataDir
 from features.event_store import STORE_FILES, ingest, open_store, store_is_current
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -80,7 +80,12 @@ def test_ingest_attaches_a_customer_id_to_every_accepted_event(world):
     events = con.sql("SELECT * FROM events").df()
     assert len(events) == report.store_events == 5
     assert events["customer_id"].notna().all()
-    assert list(events.columns) == [*EVENT_SCHEMA.names, "customer_id", "customer_no"]
+    assert list(events.columns) == [
+        *EVENT_SCHEMA.names,
+        "customer_id",
+        "customer_no",
+        *CODED_COLUMNS.values(),
+    ]
     by_event = events.set_index("event_id")["customer_id"]
     assert by_event["1"] == by_event["2"]  # email:a -- crm:1
     assert by_event["3"] == by_event["4"]  # email:b -- device:d
@@ -96,6 +101,16 @@ def test_ingest_attaches_a_customer_id_to_every_accepted_event(world):
     assert list(index["customer_id"]) == sorted(set(events["customer_id"]))
     back = events.merge(index, on="customer_no", suffixes=("", "_indexed"))
     assert (back["customer_id"] == back["customer_id_indexed"]).all() and len(back) == 5
+    # each coded column's code is the value's position among the sorted values, 0 for NULL
+    vocabulary = con.sql("SELECT * FROM event_vocabulary").df()
+    for field, coded in CODED_COLUMNS.items():
+        values = sorted(events[field].dropna().unique())
+        entries = vocabulary[vocabulary["field"] == field]
+        assert list(entries.sort_values("code")["value"]) == values
+        assert list(entries.sort_values("code")["code"]) == list(range(1, len(values) + 1))
+        decoded = events[coded].map(dict(zip(entries["code"], entries["value"], strict=True)))
+        stored = events[field].where(events[coded] > 0)
+        assert (decoded.fillna("<null>") == stored.fillna("<null>")).all()
     ts_type = con.sql("SELECT typeof(ts) FROM events LIMIT 1").fetchall()[0][0]
     assert ts_type == "TIMESTAMP WITH TIME ZONE"
     identity = con.sql("SELECT * FROM identity").df()

@@ -17,10 +17,12 @@ from features.contract import (
     AMOUNT,
     CATEGORY,
     CHANNEL,
+    CODED_COLUMNS,
     CUSTOMER_ID,
     CUSTOMER_INDEX,
     CUSTOMER_NO,
     EVENT_TYPE,
+    EVENT_VOCABULARY,
     TS,
 )
 from features.definitions import FeatureConfig, FeatureSet
@@ -86,6 +88,14 @@ def _connect(kind: str, events: pd.DataFrame, folder) -> duckdb.DuckDBPyConnecti
         index = pd.DataFrame({CUSTOMER_NO: np.arange(len(ids), dtype=np.uint32), CUSTOMER_ID: ids})
         ordered[CUSTOMER_NO] = ordered[CUSTOMER_ID].map(index.set_index(CUSTOMER_ID)[CUSTOMER_NO])
         con.register(CUSTOMER_INDEX, index)
+        # the store's codes: positions among its sorted values, plus one the plan does not know
+        vocabulary = []
+        for field, coded in CODED_COLUMNS.items():
+            values = sorted({*ordered[field].dropna(), f"zz_unknown_{field}"})
+            codes = {v: i for i, v in enumerate(values, start=1)}
+            ordered[coded] = ordered[field].map(codes).fillna(0).astype(np.uint16)
+            vocabulary += [(field, code, value) for value, code in codes.items()]
+        con.register(EVENT_VOCABULARY, pd.DataFrame(vocabulary, columns=["field", "code", "value"]))
     pq.write_table(pa.Table.from_pandas(ordered, preserve_index=False), path, row_group_size=97)
     con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{path}')")
     return con
