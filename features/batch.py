@@ -31,14 +31,14 @@ from features.contract import (
     CATEGORY,
     CHANNEL,
     CUSTOMER_ID,
-    CUSTOMER_INDEX,
-    CUSTOMER_NO,
     EVENT_TYPE,
     TS,
 )
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
-from features.scan_aggregates import Partition, ScanPlan, numbered, scan_partitions
+from features.event_store import StoreFile
+from features.scan_aggregates import Partition, ScanPlan, scan_partitions
 
+_UNKNOWN = object()  # a cached lookup not made yet
 AS_OF_US = "as_of_us"
 QUERY_ID = "query_id"
 AS_OF = "as_of"
@@ -316,6 +316,7 @@ class BatchEngine(FeatureEngine):
         self._profile = None
         self._plan: ScanPlan | None = None
         self._profile_row_of_number: np.ndarray | None = None  # customer_no -> profile row
+        self._store: StoreFile | None | object = _UNKNOWN
 
     def profile_table(self) -> pd.DataFrame | None:
         if self.customers is None:
@@ -333,6 +334,7 @@ class BatchEngine(FeatureEngine):
             int(to_us(as_of)),
             self.fs.config.snapshot_partition_events,
             self._plan,
+            self._store_file(),
         )
 
     def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -388,9 +390,15 @@ class BatchEngine(FeatureEngine):
 
     def _store_customers(self) -> int | None:
         """The number of customers of the event store's index, when `events` is the store."""
-        if not numbered(self.con, self.events):
-            return None
-        return int(self.con.sql(f"SELECT count(*) FROM {CUSTOMER_INDEX}").fetchall()[0][0])
+        store = self._store_file()
+        return None if store is None else store.n_customers
+
+    def _store_file(self) -> StoreFile | None:
+        """The event store's file behind `events` (looked up once), or None for a relation
+        DuckDB scans."""
+        if self._store is _UNKNOWN:
+            self._store = StoreFile.of(self.con, self.events)
+        return self._store
 
     def _with_profile_by_number(self, feats: pd.DataFrame, numbers: np.ndarray) -> pd.DataFrame:
         """The profile columns joined on the store's customer numbers (rows without a profile
@@ -399,12 +407,8 @@ class BatchEngine(FeatureEngine):
         if profile is None:
             return feats
         if self._profile_row_of_number is None:
-            index = self.con.sql(
-                f"SELECT {CUSTOMER_ID} FROM {CUSTOMER_INDEX} ORDER BY {CUSTOMER_NO}"
-            ).to_arrow_table()
-            self._profile_row_of_number = profile.index.get_indexer(
-                pd.Index(index.column(0).to_pandas())
-            )
+            store_ids = self._store_file().customer_ids.to_pandas()
+            self._profile_row_of_number = profile.index.get_indexer(pd.Index(store_ids))
         positions = self._profile_row_of_number[numbers]
         joined = pd.DataFrame(
             {

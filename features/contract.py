@@ -34,6 +34,8 @@ CUSTOMER_INDEX = "customer_index"
 # small integers instead of strings; the view EVENT_VOCABULARY (field, code, value) maps them back
 CODED_COLUMNS = {CHANNEL: "channel_no", EVENT_TYPE: "event_type_no", CATEGORY: "category_no"}
 EVENT_VOCABULARY = "event_vocabulary"
+# the DuckDB variable in which `open_store` names the file behind its `events` view
+STORE_EVENTS_VARIABLE = "nba_store_events_file"
 REASON = "reason"
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"

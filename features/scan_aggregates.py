@@ -51,17 +51,16 @@ from features.contract import (
     CHANNEL,
     CODED_COLUMNS,
     CUSTOMER_ID,
-    CUSTOMER_INDEX,
     CUSTOMER_NO,
     EVENT_TYPE,
     EVENT_VOCABULARY,
     TS,
 )
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
+from features.event_store import StoreFile
 
 _CUSTOMERS_SAMPLED = 20_000
-# a customer range: customer_id bounds [lo, hi) (None: open), or customer_no bounds [lo, hi)
-Bounds = tuple[str | None, str | None] | tuple[int, int]
+_STORE_COLUMNS = [CUSTOMER_NO, TS, *CODED_COLUMNS.values(), AMOUNT]
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
 # a target's dimension, and the moments of time targets
@@ -172,45 +171,32 @@ class ScanPlan:
             windows_us=np.array(windows, dtype=np.int64),
         )
 
-    def rows_sql(self, events: str, as_of_us: int, bounds: Bounds, codes: RowCodes) -> str:
-        """The scan: rows before the as-of time whose event type some aggregate uses, in a
-        customer_id range (string bounds: channel, event type and category coded here as
-        positions in the plan's vocabularies) or, on the event store, a customer_no range
-        (integer bounds: the store's codes, mapped by `codes`)."""
+    def rows_sql(self, events: str, as_of_us: int, bounds: tuple[str | None, str | None]) -> str:
+        """The DuckDB scan of a relation: rows before the as-of time whose event type some
+        aggregate uses, in a customer_id range, with channel, event type and category coded as
+        positions in the plan's vocabularies (0: a value outside them)."""
         lo, hi = bounds
-        where = [f"epoch_us({TS}) < {int(as_of_us)}"]
-        if isinstance(lo, int) and isinstance(hi, int):
-            channel, event_type, category = (
-                CODED_COLUMNS[c] for c in (CHANNEL, EVENT_TYPE, CATEGORY)
-            )
-            types = ", ".join(str(c) for c in codes.type_codes) or "NULL"
-            where += [
-                f"{event_type} IN ({types})",
-                f"{CUSTOMER_NO} >= {lo}",
-                f"{CUSTOMER_NO} < {hi}",
+        where = [
+            f"epoch_us({TS}) < {int(as_of_us)}",
+            f"{CUSTOMER_ID} IS NOT NULL",
+            f"{EVENT_TYPE} IN {_in_list(self.event_types)}",
+        ]
+        if lo is not None:
+            where.append(f"{CUSTOMER_ID} >= {_quote(lo)}")
+        if hi is not None:
+            where.append(f"{CUSTOMER_ID} < {_quote(hi)}")
+        codes = ", ".join(
+            f"CAST(COALESCE(list_position({_list(vocabulary)}, {column}), 0) AS USMALLINT) "
+            f"AS {CODED_COLUMNS[column]}"
+            for column, vocabulary in [
+                (CHANNEL, self.channels),
+                (EVENT_TYPE, self.event_types),
+                (CATEGORY, self.categories),
             ]
-            # the time as stored (microseconds): no conversion per row
-            columns = (
-                f"{CUSTOMER_NO}, {TS} AS ts_us, {channel} AS channel_no, "
-                f"{event_type} AS event_type_no, {category} AS category_no"
-            )
-        else:
-            where += [f"{CUSTOMER_ID} IS NOT NULL", f"{EVENT_TYPE} IN {_in_list(self.event_types)}"]
-            if lo is not None:
-                where.append(f"{CUSTOMER_ID} >= {_quote(lo)}")
-            if hi is not None:
-                where.append(f"{CUSTOMER_ID} < {_quote(hi)}")
-            columns = f"{CUSTOMER_ID}, epoch_us({TS}) AS ts_us, " + ", ".join(
-                f"CAST(COALESCE(list_position({_list(vocabulary)}, {column}), 0) AS USMALLINT) "
-                f"AS {CODED_COLUMNS[column]}"
-                for column, vocabulary in [
-                    (CHANNEL, self.channels),
-                    (EVENT_TYPE, self.event_types),
-                    (CATEGORY, self.categories),
-                ]
-            )
+        )
         return (
-            f"SELECT {columns}, CAST(COALESCE({AMOUNT}, 0.0) AS DOUBLE) AS amount "
+            f"SELECT {CUSTOMER_ID}, epoch_us({TS}) AS {TS}, {codes}, "
+            f"CAST(COALESCE({AMOUNT}, 0.0) AS DOUBLE) AS {AMOUNT} "
             f"FROM {events} WHERE {' AND '.join(where)}"
         )
 
@@ -218,11 +204,12 @@ class ScanPlan:
 @dataclass(frozen=True)
 class RowCodes:
     """How a scan's coded columns map to a plan: pair = pair_lut[channel_no, event_type_no],
-    category = category_lut[category_no]; `type_codes` are the event types the plan uses."""
+    category = category_lut[category_no]; a row whose event type no aggregate uses
+    (type_used[event_type_no] False) is skipped."""
 
     pair_lut: np.ndarray
     category_lut: np.ndarray
-    type_codes: list[int]
+    type_used: np.ndarray
 
     @classmethod
     def of_plan(cls, plan: ScanPlan) -> RowCodes:
@@ -232,7 +219,7 @@ class RowCodes:
         return cls(
             pair_lut=channels[:, None] * n_types + np.arange(n_types)[None, :],
             category_lut=np.arange(len(plan.categories) + 1),
-            type_codes=list(range(1, n_types)),
+            type_used=np.arange(n_types) > 0,
         )
 
     @classmethod
@@ -252,7 +239,7 @@ class RowCodes:
         return cls(
             pair_lut=channels[:, None] * (len(plan.event_types) + 1) + types[None, :],
             category_lut=positions(CATEGORY, plan.categories),
-            type_codes=[code for code in range(len(types)) if types[code] > 0],
+            type_used=types > 0,
         )
 
 
@@ -336,32 +323,6 @@ def partition_bounds(
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def numbered(con: duckdb.DuckDBPyConnection, events: str) -> bool:
-    """Whether `events` carries the event store's integers (customer_no and the coded columns)
-    and its `customer_index` and `event_vocabulary` are there: then a scan reads integers and
-    maps them back (customer_id per customer, values through the vocabulary)."""
-    columns = {row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {events}").fetchall()}
-    if not {CUSTOMER_NO, *CODED_COLUMNS.values()} <= columns:
-        return False
-    try:
-        con.sql(f"SELECT {CUSTOMER_NO}, {CUSTOMER_ID} FROM {CUSTOMER_INDEX} LIMIT 0")
-        con.sql(f"SELECT field, code, value FROM {EVENT_VOCABULARY} LIMIT 0")
-    except duckdb.Error:
-        return False
-    return True
-
-
-def number_bounds(
-    con: duckdb.DuckDBPyConnection, events: str, partition_events: int
-) -> list[tuple[int, int]]:
-    """Ranges [lo, hi) of customer_no holding about `partition_events` events each, covering
-    every customer_no of the index."""
-    n_customers = con.sql(f"SELECT count(*) FROM {CUSTOMER_INDEX}").fetchall()[0][0]
-    cuts = [int(c) for c in _sampled_cuts(con, events, CUSTOMER_NO, partition_events) if c > 0]
-    edges = [0, *cuts, n_customers]
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
 @dataclass
 class Partition:
     """Base aggregates of one customer range: sorted customer ids and a (customers x base)
@@ -383,36 +344,34 @@ def scan_partitions(
     as_of_us: int,
     partition_events: int,
     plan: ScanPlan | None = None,
+    store: StoreFile | None = None,
 ) -> Iterator[Partition]:
     """Base aggregates of every customer with an event before `as_of_us`, a customer range at a
     time, ranges in customer_id order (so the partitions concatenate into a sorted table).
+    `store`: the event store's file behind `events` (`StoreFile.of`), read by row groups;
+    without it DuckDB scans the relation.
 
-    Two cores at work: two threads reduce ranges (the compiled loop) while this one has DuckDB
-    scan the next range and the caller derives the finished ones (the compiled loops and DuckDB
-    release the GIL). At most `_IN_FLIGHT` ranges are scanned and not yet handed over.
+    Two cores at work: two threads reduce ranges (the compiled loop) while this one reads the
+    next range and the caller derives the finished ones (the compiled loops, pyarrow and
+    DuckDB release the GIL). At most `_IN_FLIGHT` ranges are read and not yet handed over.
     """
     plan = plan or ScanPlan.of(fs)
-    by_number = numbered(con, events)
-    codes = RowCodes.of_store(con, plan) if by_number else RowCodes.of_plan(plan)
-    ranges: list[Bounds] = (
-        number_bounds(con, events, partition_events)
-        if by_number
-        else partition_bounds(con, events, partition_events)
-    )
+    if store is not None:
+        codes = RowCodes.of_store(con, plan)
+        ranges: list = store.ranges(partition_events)
+    else:
+        codes = RowCodes.of_plan(plan)
+        ranges = partition_bounds(con, events, partition_events)
     with ThreadPoolExecutor(max_workers=_IN_FLIGHT, thread_name_prefix="nba-reduce") as pool:
         pending: deque[Future[Partition]] = deque()
         for bounds in ranges:
-            rows = con.sql(plan.rows_sql(events, as_of_us, bounds, codes)).to_arrow_table()
-            if by_number:
+            if store is not None:
                 lo, hi = bounds
-                ids = con.sql(
-                    f"SELECT {CUSTOMER_ID} FROM {CUSTOMER_INDEX} WHERE {CUSTOMER_NO} >= {lo} "
-                    f"AND {CUSTOMER_NO} < {hi} ORDER BY {CUSTOMER_NO}"
-                ).to_arrow_table()
-                job = pool.submit(
-                    reduce_numbered_rows, plan, codes, rows, as_of_us, lo, ids.column(0)
-                )
+                rows = store.read(lo, hi, _STORE_COLUMNS)
+                ids = store.customer_ids.slice(lo, hi - lo)
+                job = pool.submit(reduce_store_rows, plan, codes, rows, as_of_us, lo, ids)
             else:
+                rows = con.sql(plan.rows_sql(events, as_of_us, bounds)).to_arrow_table()
                 job = pool.submit(reduce_rows, plan, codes, rows, as_of_us)
             pending.append(job)
             del rows
@@ -507,14 +466,16 @@ def _reduce_loop(
     dim_columns: np.ndarray,
     rates: np.ndarray,
     windows_us: np.ndarray,
+    type_used: np.ndarray,
     out: np.ndarray,
     seen: np.ndarray,
 ) -> None:
-    """Add every row to the aggregates it feeds, row i to out's row cust[i] - cust_offset, and
+    """Add every row before `as_of_us` whose event type some aggregate uses to the aggregates
+    it feeds, row i to out's row cust[i] - cust_offset (rows outside out are skipped), and
     mark that row seen (a row not seen before is not read: `out` may start uninitialised).
 
-    A customer's rows come in runs (the scan is in customer order within a row group), so a
-    run is reduced into one small row that stays in cache, then written out once.
+    A customer's rows come in runs (the file is in customer order), so a run is reduced into
+    one small row that stays in cache, then written out once.
     """
     n_rates = len(rates)
     moment = np.empty(2 + 2 * n_rates + len(windows_us))
@@ -522,21 +483,21 @@ def _reduce_loop(
     dim_value = np.zeros(4, dtype=np.int64)
     acc = np.empty(out.shape[1])
     current = -1
-    n = len(ts_us)
-    for i in range(n + 1):
-        c = cust[i] - cust_offset if i < n else -1
+    n_out = out.shape[0]
+    for i in range(len(ts_us)):
+        c = np.int64(cust[i]) - cust_offset
+        t = ts_us[i]
+        if c < 0 or c >= n_out or t >= as_of_us or not type_used[event_type_no[i]]:
+            continue
         if c != current:
             if current >= 0:
                 out[current, :] = acc
                 seen[current] = True
-            if i == n:
-                break
             current = c
             if seen[c]:
                 acc[:] = out[c, :]  # the customer's rows continue a run of an earlier batch
             else:
                 acc[:] = np.nan
-        t = ts_us[i]
         a = amount[i]
         age = float(as_of_us - t)
         moment[1] = a
@@ -577,10 +538,13 @@ def _reduce_loop(
                     acc[j] = t
             elif not old <= t:  # _FIRST: NaN or later
                 acc[j] = t
+    if current >= 0:
+        out[current, :] = acc
+        seen[current] = True
 
 
 def reduce_rows(plan: ScanPlan, codes: RowCodes, rows: pa.Table, as_of_us: int) -> Partition:
-    """Every base aggregate of the customers in `rows` (the scan's columns, by customer_id)."""
+    """Every base aggregate of the customers in `rows` (DuckDB's scan, by customer_id)."""
     cust, ids = _customer_index(rows.column(CUSTOMER_ID))
     base = np.empty((len(ids), plan.n_base))
     seen = np.zeros(len(ids), dtype=np.bool_)
@@ -590,31 +554,24 @@ def reduce_rows(plan: ScanPlan, codes: RowCodes, rows: pa.Table, as_of_us: int) 
     return Partition(ids, base)
 
 
-def reduce_numbered_rows(
+def reduce_store_rows(
     plan: ScanPlan,
     codes: RowCodes,
     rows: pa.Table,
     as_of_us: int,
     lo: int,
-    ids: pa.ChunkedArray,
+    ids: pa.Array,
 ) -> Partition:
-    """Every base aggregate of the customers in `rows` (the scan's columns, by customer_no),
-    where `ids` are the customer_ids of customer_no lo, lo + 1, ...; customers without a row
-    are left out."""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    """Every base aggregate of the customers numbered lo .. lo + len(ids) - 1 in `rows` (row
+    groups of the store file, which may hold neighbours too), where `ids` are their
+    customer_ids; customers without a row before the as-of time are left out."""
     base = np.empty((len(ids), plan.n_base))
     seen = np.zeros(len(ids), dtype=np.bool_)
     # record batch by batch: their columns are numpy views, no copy
     for batch in rows.to_batches():
-        if batch.num_rows == 0:
-            continue
-        numbers = batch.column(CUSTOMER_NO).to_numpy()
-        if numbers.min() < lo or numbers.max() >= lo + len(ids):
-            raise ValueError(
-                f"{CUSTOMER_NO} outside {CUSTOMER_INDEX}'s range [{lo}, {lo + len(ids)}): the "
-                "event store is inconsistent; run `nba ingest` again"
-            )
-        _reduce_batch(plan, codes, batch, as_of_us, numbers, lo, base, seen)
+        if batch.num_rows:
+            numbers = batch.column(CUSTOMER_NO).to_numpy()
+            _reduce_batch(plan, codes, batch, as_of_us, numbers, lo, base, seen)
     if seen.all():
         return Partition(ids, base, np.arange(lo, lo + len(ids)))
     kept = np.flatnonzero(seen)
@@ -648,11 +605,11 @@ def _reduce_batch(
     _reduce_loop(
         cust,
         int(cust_offset),
-        _microseconds(batch.column("ts_us")),
+        _microseconds(batch.column(TS)),
         channel,
         event_type,
         category,
-        batch.column("amount").to_numpy(),
+        pc.fill_null(batch.column(AMOUNT), 0.0).to_numpy(),
         int(as_of_us),
         codes.pair_lut,
         codes.category_lut,
@@ -663,6 +620,7 @@ def _reduce_batch(
         plan.dim_columns,
         plan.rates,
         plan.windows_us,
+        codes.type_used,
         out,
         seen,
     )

@@ -23,10 +23,12 @@ from features.contract import (
     CUSTOMER_NO,
     EVENT_TYPE,
     EVENT_VOCABULARY,
+    STORE_EVENTS_VARIABLE,
     TS,
 )
 from features.definitions import FeatureConfig, FeatureSet
-from features.scan_aggregates import number_bounds, numbered, partition_bounds
+from features.event_store import StoreFile
+from features.scan_aggregates import partition_bounds
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 CUTS = [
@@ -96,6 +98,7 @@ def _connect(kind: str, events: pd.DataFrame, folder) -> duckdb.DuckDBPyConnecti
             ordered[coded] = ordered[field].map(codes).fillna(0).astype(np.uint16)
             vocabulary += [(field, code, value) for value, code in codes.items()]
         con.register(EVENT_VOCABULARY, pd.DataFrame(vocabulary, columns=["field", "code", "value"]))
+        con.execute(f"SET VARIABLE {STORE_EVENTS_VARIABLE} = '{path}'")
     pq.write_table(pa.Table.from_pandas(ordered, preserve_index=False), path, row_group_size=97)
     con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{path}')")
     return con
@@ -108,9 +111,10 @@ def con(request, events, tmp_path_factory):
     con.close()
 
 
-def test_the_store_scan_reads_customer_numbers(con, request):
+def test_the_store_file_is_read_by_row_groups(con, request):
     numbered_store = request.node.callspec.params["con"] == "numbered store"
-    assert numbered(con, "events") == numbered_store
+    assert (StoreFile.of(con, "events") is not None) == numbered_store
+    assert StoreFile.of(con, "some_other_view") is None
 
 
 def _sql_base(con: duckdb.DuckDBPyConnection, fs: FeatureSet, t: pd.Timestamp) -> pd.DataFrame:
@@ -168,12 +172,21 @@ def test_partition_bounds_split_customers_evenly(con, events):
     assert max(sizes) < len(ids) / 2
 
 
-def test_number_bounds_cover_every_customer_number_once(events, tmp_path):
+def test_store_ranges_cover_every_customer_number_once(events, tmp_path):
     con = _connect("numbered store", events, tmp_path)
-    bounds = number_bounds(con, "events", len(events) // 4)
+    store = StoreFile.of(con, "events")
+    bounds = store.ranges(len(events) // 4)
     n_customers = events[CUSTOMER_ID].nunique() + 1
+    assert store.n_customers == n_customers
     assert bounds[0][0] == 0 and bounds[-1][1] == n_customers and len(bounds) >= 3
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    # a range's row groups hold all of its customers' events (and at most a few neighbours')
+    number = {cid: n for n, cid in enumerate(store.customer_ids.to_pylist())}
+    event_numbers = events[CUSTOMER_ID].map(number).to_numpy()
+    for lo, hi in bounds:
+        read = store.read(lo, hi, [CUSTOMER_NO]).column(0).to_numpy()
+        in_range = ((read >= lo) & (read < hi)).sum()
+        assert in_range == ((event_numbers >= lo) & (event_numbers < hi)).sum()
 
 
 def test_no_events_before_the_cut_off(con):
