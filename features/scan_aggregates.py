@@ -84,8 +84,9 @@ class ScanPlan:
     * `target_column`: the aggregate's column when `target_dim` is 0, else a row of
       `dim_columns` mapping the row's hour / weekday / category code to the column (-1: none).
 
-    One list per pair, not per pair and dimension value: the loop over a row's targets then has
-    one trip count per event type, which the CPU's branch predictor learns.
+    A pair's list holds its targets without a dimension first, then from `dim_start[pair]`
+    those split by a dimension. The first are fed once per customer from the customer's sums
+    of the pair's moments (and its latest / earliest time), not once per row.
     """
 
     channels: list[str]
@@ -93,6 +94,7 @@ class ScanPlan:
     categories: list[str]
     n_base: int
     ptr: np.ndarray
+    dim_start: np.ndarray
     target_column: np.ndarray
     target_moment: np.ndarray
     target_dim: np.ndarray
@@ -150,19 +152,23 @@ class ScanPlan:
                 direct.setdefault(pair, []).append((len(dim_rows), moment, dim))
                 dim_rows.append(row)
         sizes = np.zeros(n_pairs + 1, dtype=np.int64)
+        n_direct = np.zeros(n_pairs, dtype=np.int64)
         flat: list[tuple[int, int, int]] = []
         for pair in range(n_pairs):
-            # direct sums, direct times, then dimensions: the same branch pattern for a pair
+            # direct sums, direct times, then dimensions
             items = sorted(direct.get(pair, []), key=lambda t: (t[2], t[1] < 0))
             sizes[pair + 1] = len(items)
+            n_direct[pair] = sum(1 for item in items if item[2] == 0)
             flat += items
         table = np.array(flat, dtype=np.int64).reshape(-1, 3)
+        ptr = np.cumsum(sizes)
         return cls(
             channels=channels,
             event_types=event_types,
             categories=categories,
             n_base=len(fs.base),
-            ptr=np.cumsum(sizes),
+            ptr=ptr,
+            dim_start=ptr[:-1] + n_direct,
             target_column=table[:, 0].copy(),
             target_moment=table[:, 1].copy(),
             target_dim=table[:, 2].astype(np.int8),
@@ -448,6 +454,41 @@ def _c_remainder(x: int, m: int) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
+def _feed_pairs(
+    touched: np.ndarray,
+    n_touched: int,
+    ptr: np.ndarray,
+    dim_start: np.ndarray,
+    target_column: np.ndarray,
+    target_moment: np.ndarray,
+    pair_sum: np.ndarray,
+    pair_last: np.ndarray,
+    pair_first: np.ndarray,
+    pair_rows: np.ndarray,
+    acc: np.ndarray,
+) -> None:
+    """Add a customer's per-pair sums to the aggregates without a dimension, and reset them."""
+    for q_i in range(n_touched):
+        q = touched[q_i]
+        for e in range(ptr[q], dim_start[q]):
+            j = target_column[e]
+            m = target_moment[e]
+            old = acc[j]
+            if m >= 0:
+                v = pair_sum[q, m]
+                acc[j] = v if math.isnan(old) else old + v
+            elif m == _LAST:
+                v = float(pair_last[q])
+                if not old >= v:  # NaN or earlier
+                    acc[j] = v
+            else:
+                v = float(pair_first[q])
+                if not old <= v:  # NaN or later
+                    acc[j] = v
+        pair_rows[q] = 0
+
+
+@numba.njit(nogil=True, cache=True)
 def _reduce_loop(
     cust: np.ndarray,
     cust_offset: int,
@@ -460,6 +501,7 @@ def _reduce_loop(
     pair_lut: np.ndarray,
     category_lut: np.ndarray,
     ptr: np.ndarray,
+    dim_start: np.ndarray,
     target_column: np.ndarray,
     target_moment: np.ndarray,
     target_dim: np.ndarray,
@@ -474,30 +516,62 @@ def _reduce_loop(
     it feeds, row i to out's row cust[i] - cust_offset (rows outside out are skipped), and
     mark that row seen (a row not seen before is not read: `out` may start uninitialised).
 
-    A customer's rows come in runs (the file is in customer order), so a run is reduced into
-    one small row that stays in cache, then written out once.
+    A customer's rows come in runs (the file is in customer order). Within a run, each row's
+    moments are summed per (channel, event type) pair, and at the run's end those sums feed
+    the aggregates (`_feed_pairs`) into one row kept in cache, written out once. Aggregates
+    split by hour, weekday or category take each row directly.
     """
     n_rates = len(rates)
-    moment = np.empty(2 + 2 * n_rates + len(windows_us))
+    n_moments = 2 + 2 * n_rates + len(windows_us)
+    n_pairs = len(ptr) - 1
+    pair_sum = np.zeros((n_pairs, n_moments))
+    pair_last = np.zeros(n_pairs, dtype=np.int64)
+    pair_first = np.zeros(n_pairs, dtype=np.int64)
+    pair_rows = np.zeros(n_pairs, dtype=np.int64)
+    touched = np.empty(n_pairs, dtype=np.int64)
+    n_touched = 0
+    moment = np.empty(n_moments)
     moment[0] = 1.0
     dim_value = np.zeros(4, dtype=np.int64)
     acc = np.empty(out.shape[1])
     current = -1
     n_out = out.shape[0]
-    for i in range(len(ts_us)):
-        c = np.int64(cust[i]) - cust_offset
-        t = ts_us[i]
-        if c < 0 or c >= n_out or t >= as_of_us or not type_used[event_type_no[i]]:
-            continue
+    for i in range(len(ts_us) + 1):
+        if i < len(ts_us):
+            c = np.int64(cust[i]) - cust_offset
+            t = ts_us[i]
+            if c < 0 or c >= n_out or t >= as_of_us or not type_used[event_type_no[i]]:
+                continue
+        else:
+            c = -1  # past the last row: close its run
         if c != current:
             if current >= 0:
+                _feed_pairs(
+                    touched,
+                    n_touched,
+                    ptr,
+                    dim_start,
+                    target_column,
+                    target_moment,
+                    pair_sum,
+                    pair_last,
+                    pair_first,
+                    pair_rows,
+                    acc,
+                )
+                n_touched = 0
                 out[current, :] = acc
                 seen[current] = True
+            if c < 0:
+                break
             current = c
             if seen[c]:
                 acc[:] = out[c, :]  # the customer's rows continue a run of an earlier batch
             else:
                 acc[:] = np.nan
+        p = pair_lut[channel_no[i], event_type_no[i]]
+        if ptr[p] == ptr[p + 1]:
+            continue
         a = amount[i]
         age = float(as_of_us - t)
         moment[1] = a
@@ -507,6 +581,21 @@ def _reduce_loop(
             moment[2 + n_rates + k] = a * w
         for k in range(len(windows_us)):
             moment[2 + 2 * n_rates + k] = 1.0 if t >= as_of_us - windows_us[k] else 0.0
+        if pair_rows[p] == 0:
+            touched[n_touched] = p
+            n_touched += 1
+            for m in range(n_moments):  # explicit loops: a slice expression allocates
+                pair_sum[p, m] = moment[m]
+            pair_last[p] = t
+            pair_first[p] = t
+        else:
+            for m in range(n_moments):
+                pair_sum[p, m] += moment[m]
+            pair_last[p] = max(pair_last[p], t)
+            pair_first[p] = min(pair_first[p], t)
+        pair_rows[p] += 1
+        if dim_start[p] == ptr[p + 1]:
+            continue
         # as `base_aggregates_sql`: floor of the hours (days) since the epoch, C remainder;
         # integer floor division equals SQL's FLOOR(ts / 3.6e9) below 2^53 us
         if t >= 0:  # integer division by constants: multiplications
@@ -516,18 +605,13 @@ def _reduce_loop(
             dim_value[_HOUR] = _c_remainder(t // 3_600_000_000, 24)
             dim_value[_DOW] = _c_remainder(t // US_PER_DAY + 3, 7)
         dim_value[_CATEGORY] = category_lut[category_no[i]]
-        p = pair_lut[channel_no[i], event_type_no[i]]
-        for e in range(ptr[p], ptr[p + 1]):
-            d = target_dim[e]
-            if d == 0:
-                j = target_column[e]
-            else:
-                v = dim_value[d]
-                if v < 0:
-                    continue  # before 1970: SQL's remainder is negative, no hour matches
-                j = dim_columns[target_column[e], v]
-                if j < 0:
-                    continue
+        for e in range(dim_start[p], ptr[p + 1]):
+            v = dim_value[target_dim[e]]
+            if v < 0:
+                continue  # before 1970: SQL's remainder is negative, no hour matches
+            j = dim_columns[target_column[e], v]
+            if j < 0:
+                continue
             m = target_moment[e]
             old = acc[j]
             if m >= 0:
@@ -538,9 +622,6 @@ def _reduce_loop(
                     acc[j] = t
             elif not old <= t:  # _FIRST: NaN or later
                 acc[j] = t
-    if current >= 0:
-        out[current, :] = acc
-        seen[current] = True
 
 
 def reduce_rows(plan: ScanPlan, codes: RowCodes, rows: pa.Table, as_of_us: int) -> Partition:
@@ -614,6 +695,7 @@ def _reduce_batch(
         codes.pair_lut,
         codes.category_lut,
         plan.ptr,
+        plan.dim_start,
         plan.target_column,
         plan.target_moment,
         plan.target_dim,
