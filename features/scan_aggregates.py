@@ -506,7 +506,7 @@ def _reduce_loop(
     target_moment: np.ndarray,
     target_dim: np.ndarray,
     dim_columns: np.ndarray,
-    rates: np.ndarray,
+    decay: np.ndarray,
     windows_us: np.ndarray,
     type_used: np.ndarray,
     out: np.ndarray,
@@ -519,9 +519,10 @@ def _reduce_loop(
     A customer's rows come in runs (the file is in customer order). Within a run, each row's
     moments are summed per (channel, event type) pair, and at the run's end those sums feed
     the aggregates (`_feed_pairs`) into one row kept in cache, written out once. Aggregates
-    split by hour, weekday or category take each row directly.
+    split by hour, weekday or category take each row directly. `decay[i, k]` is row i's
+    weight exp(-rate_k * age) (computed vectorised by numpy, a few times faster than here).
     """
-    n_rates = len(rates)
+    n_rates = decay.shape[1]
     n_moments = 2 + 2 * n_rates + len(windows_us)
     n_pairs = len(ptr) - 1
     pair_sum = np.zeros((n_pairs, n_moments))
@@ -573,10 +574,9 @@ def _reduce_loop(
         if ptr[p] == ptr[p + 1]:
             continue
         a = amount[i]
-        age = float(as_of_us - t)
         moment[1] = a
         for k in range(n_rates):
-            w = math.exp(-rates[k] * age)
+            w = decay[i, k]
             moment[2 + k] = w
             moment[2 + n_rates + k] = a * w
         for k in range(len(windows_us)):
@@ -683,10 +683,13 @@ def _reduce_batch(
             f"a code outside {EVENT_VOCABULARY}: the event store is inconsistent; "
             "run `nba ingest` again"
         )
+    ts = _microseconds(batch.column(TS))
+    with np.errstate(over="ignore"):  # rows after the as-of time, which the loop skips
+        decay = np.exp(np.multiply.outer((as_of_us - ts).astype(np.float64), -plan.rates))
     _reduce_loop(
         cust,
         int(cust_offset),
-        _microseconds(batch.column(TS)),
+        ts,
         channel,
         event_type,
         category,
@@ -700,7 +703,7 @@ def _reduce_batch(
         plan.target_moment,
         plan.target_dim,
         plan.dim_columns,
-        plan.rates,
+        decay,
         plan.windows_us,
         codes.type_used,
         out,
