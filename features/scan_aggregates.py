@@ -1,4 +1,5 @@
-"""Snapshot base aggregates in one columnar scan: DuckDB reads the rows, a compiled loop reduces them.
+"""Snapshot base aggregates in one columnar scan: the rows are read as a few narrow columns and
+a compiled loop reduces them.
 
 `features.batch.base_aggregates_sql` states every base aggregate as SQL (the definition Spark
 runs, and DuckDB for query points). For a snapshot, a hash aggregate per (customer, channel,
@@ -6,29 +7,30 @@ event type) followed by a ~200-column pivot costs DuckDB about twenty times a pl
 and a numpy reduction (a bincount per row value and filter class) about ten. This module
 computes the same numbers from a single projection scan:
 
-1. DuckDB streams the rows before the as-of time as a few narrow columns (the customer, ts in
-   microseconds, small integer codes for channel, event type and category, amount). On the
-   event store the customer is its integer customer_no, which indexes the result's rows
-   directly and maps back to customer_id through `customer_index` once per customer; on any
-   other relation it is customer_id, and runs of equal ids are found and ranked;
+1. the rows are read as narrow columns: the customer, the time in microseconds, integer codes
+   of channel, event type and category, the amount. On the event store (`StoreFile`) pyarrow
+   reads the row groups of a customer_no range, columns the store keeps as integers; the
+   customer_no indexes the result's rows directly and maps back to customer_id once per
+   customer. Any other relation is scanned by DuckDB, which codes the strings and filters the
+   rows, and there runs of equal customer_ids are found and ranked;
 2. a plan maps each (channel, event type) pair to the base aggregates whose filter it passes
-   (those split by hour, weekday or category through a lookup by the row's value), with what
-   each takes from the row;
-3. one pass over the rows, compiled with numba, adds each row's moment (a decay weight, the
-   amount, one, a window indicator) to those aggregates or takes the max / min of its time.
-   The event store is sorted by customer_id, so a customer's rows come as a run, reduced into
-   one row in cache and written out once.
+   (those split by hour, weekday or category through a lookup by the row's value), with the
+   moment each takes from the row (a decay weight, the amount, one, a window indicator, or
+   its time for a latest / earliest);
+3. one pass over the rows, compiled with numba, keeps the rows before the as-of time, sums
+   each customer's moments per pair and feeds the aggregates from those sums once per
+   customer. The files are sorted by customer, so a customer's rows come as a run, reduced
+   into one row in cache and written out once.
 
-Two threads reduce ranges while DuckDB scans the next one (see `scan_partitions`); the compiled
-loop releases the GIL.
+Two threads reduce ranges while the calling thread reads the next one (see `scan_partitions`);
+the compiled loop, pyarrow and DuckDB release the GIL.
 
 An aggregate with no matching event is NaN, as SQL's `SUM(CASE ...)` over no rows is NULL.
 
 Memory is bounded by a partition: when the event relation holds more than
-`FeatureConfig.snapshot_partition_events` rows, customers are split into ranges of customer_no
-or customer_id (boundaries from a sample) and each range is scanned and reduced on its own. On
-the event store, which is sorted by customer_id (hence customer_no), DuckDB skips the parquet
-row groups outside a range.
+`FeatureConfig.snapshot_partition_events` rows, customers are split into ranges (on the store
+at row-group starts, elsewhere customer_id bounds from a sample) and each range is read and
+reduced on its own.
 """
 
 from __future__ import annotations
