@@ -565,13 +565,13 @@ def _reduce_loop(
                 n_touched = 0
                 out[current, :] = acc
                 seen[current] = True
-            if c < 0:
-                break
             current = c
-            if seen[c]:
+            if c >= 0 and seen[c]:
                 acc[:] = out[c, :]  # the customer's rows continue a run of an earlier batch
             else:
                 acc[:] = np.nan
+        if c < 0:
+            break  # past the last row (no row at all passed when no run was open)
         p = pair_lut[channel_no[i], event_type_no[i]]
         if ptr[p] == ptr[p + 1]:
             continue
