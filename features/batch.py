@@ -21,25 +21,18 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.contract import (
-    AMOUNT,
-    CATEGORY,
-    CHANNEL,
-    CUSTOMER_ID,
-    EVENT_TYPE,
-    TS,
-)
+from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
 from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
 from features.event_store import StoreFile
 from features.scan_aggregates import Partition, ScanPlan, scan_partitions
 
-_UNKNOWN = object()  # a cached lookup not made yet
 AS_OF_US = "as_of_us"
 QUERY_ID = "query_id"
 AS_OF = "as_of"
@@ -317,7 +310,6 @@ class BatchEngine(FeatureEngine):
         self._profile = None
         self._plan: ScanPlan | None = None
         self._profile_row_of_number: np.ndarray | None = None  # customer_no -> profile row
-        self._store: StoreFile | None | object = _UNKNOWN
 
     def profile_table(self) -> pd.DataFrame | None:
         if self.customers is None:
@@ -335,7 +327,7 @@ class BatchEngine(FeatureEngine):
             int(to_us(as_of)),
             self.fs.config.snapshot_partition_events,
             self._plan,
-            self._store_file(),
+            self._store,
         )
 
     def base_snapshot(self, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -357,8 +349,8 @@ class BatchEngine(FeatureEngine):
         """
         as_of_us = int(to_us(as_of))
         n_names = len(self.fs.names)
-        capacity = self._store_customers()
-        values = np.empty((capacity, n_names)) if capacity is not None else None
+        store = self._store
+        values = np.empty((store.n_customers, n_names)) if store is not None else None
         blocks: list[np.ndarray] = []
         ids: list[pa.Array] = []
         numbers: list[np.ndarray] = []
@@ -380,7 +372,7 @@ class BatchEngine(FeatureEngine):
         frame = pd.DataFrame(values, columns=self.fs.names, copy=False)
         frame.insert(0, AS_OF, pd.Timestamp(as_of_us, unit="us", tz="UTC"))
         frame.insert(0, CUSTOMER_ID, customer_ids)
-        if capacity is not None:
+        if store is not None:
             no = np.concatenate(numbers) if numbers else np.empty(0, dtype=np.int64)
             result = self._with_profile_by_number(frame, no)
         else:
@@ -389,17 +381,11 @@ class BatchEngine(FeatureEngine):
         _return_freed_heap()  # the profile join's intermediates: gigabytes at 1M customers
         return result
 
-    def _store_customers(self) -> int | None:
-        """The number of customers of the event store's index, when `events` is the store."""
-        store = self._store_file()
-        return None if store is None else store.n_customers
-
-    def _store_file(self) -> StoreFile | None:
+    @cached_property
+    def _store(self) -> StoreFile | None:
         """The event store's file behind `events` (looked up once), or None for a relation
         DuckDB scans."""
-        if self._store is _UNKNOWN:
-            self._store = StoreFile.of(self.con, self.events)
-        return self._store
+        return StoreFile.of(self.con, self.events)
 
     def _with_profile_by_number(self, feats: pd.DataFrame, numbers: np.ndarray) -> pd.DataFrame:
         """The profile columns joined on the store's customer numbers (rows without a profile
@@ -408,7 +394,7 @@ class BatchEngine(FeatureEngine):
         if profile is None:
             return feats
         if self._profile_row_of_number is None:
-            store_ids = self._store_file().customer_ids.to_pandas()
+            store_ids = self._store.customer_ids.to_pandas()
             self._profile_row_of_number = profile.index.get_indexer(pd.Index(store_ids))
         positions = self._profile_row_of_number[numbers]
         joined = pd.DataFrame(

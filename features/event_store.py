@@ -336,9 +336,8 @@ def _create_vocabulary(con: duckdb.DuckDBPyConnection, events: str) -> None:
 
 def _code_type(con: duckdb.DuckDBPyConnection, field: str) -> str:
     """The narrowest unsigned integer type holding a coded column's codes."""
-    n = con.execute(f"SELECT count(*) FROM _nba_vocabulary WHERE field = {_lit(field)}").fetchall()[
-        0
-    ][0]
+    query = f"SELECT count(*) FROM _nba_vocabulary WHERE field = {_lit(field)}"
+    (n,) = con.execute(query).fetchone()
     return "USMALLINT" if n < 2**16 else "UINTEGER"
 
 

@@ -79,7 +79,7 @@ class ScanPlan:
     targets are `ptr[pair]:ptr[pair + 1]` of three parallel arrays:
 
     * `target_moment`: what the target takes from the row, an index into the row's moments
-      (`moment_names`: one, the amount, a decay weight per rate, the amount times each weight,
+      (`_moment`: one, the amount, a decay weight per rate, the amount times each weight,
       a 0/1 indicator per window) that is added, or `_LAST` / `_FIRST` for the latest /
       earliest time;
     * `target_dim`: 0, or the dimension (`_HOUR`, `_DOW`, `_CATEGORY`) the aggregate is split by;
@@ -103,16 +103,6 @@ class ScanPlan:
     dim_columns: np.ndarray
     rates: np.ndarray
     windows_us: np.ndarray
-
-    @property
-    def moment_names(self) -> list[str]:
-        return [
-            "one",
-            "amount",
-            *(f"decay_{r!r}" for r in self.rates),
-            *(f"amount_decay_{r!r}" for r in self.rates),
-            *(f"window_{w}us" for w in self.windows_us),
-        ]
 
     @classmethod
     def of(cls, fs: FeatureSet) -> ScanPlan:
@@ -252,7 +242,8 @@ class RowCodes:
 
 
 def _moment(b: BaseAggregate, rates: list[float], windows: list[int]) -> int:
-    """The row moment an aggregate adds (ordered as `ScanPlan.moment_names`), or _LAST/_FIRST."""
+    """The row moment an aggregate adds, or _LAST/_FIRST. A row's moments, in order: one, the
+    amount, a decay weight per rate, the amount times each weight, a 0/1 indicator per window."""
     n_rates = len(rates)
     if b.op == "count":
         return 0
@@ -305,29 +296,24 @@ def _list(values: list[str]) -> str:
     return "[" + ", ".join(_quote(v) for v in values) + "]::VARCHAR[]"
 
 
-def _sampled_cuts(
-    con: duckdb.DuckDBPyConnection, events: str, key: str, partition_events: int
-) -> list:
-    """Boundaries splitting `events` into ranges of `key` of about `partition_events` events
-    each: quantiles of a sample of the events' keys (none when one range is enough)."""
-    n_events = con.sql(f"SELECT count(*) FROM {events}").fetchall()[0][0]
-    n_parts = max(1, math.ceil(n_events / max(partition_events, 1)))
-    if n_parts == 1:
-        return []
-    sample = con.sql(
-        f"SELECT {key} FROM {events} WHERE {key} IS NOT NULL "
-        f"USING SAMPLE reservoir({_CUSTOMERS_SAMPLED} ROWS) REPEATABLE (7)"
-    ).fetchall()
-    keys = sorted(r[0] for r in sample)
-    return sorted({keys[len(keys) * k // n_parts] for k in range(1, n_parts)}) if keys else []
-
-
 def partition_bounds(
     con: duckdb.DuckDBPyConnection, events: str, partition_events: int
 ) -> list[tuple[str | None, str | None]]:
-    """Ranges [lo, hi) of customer_id holding about `partition_events` events each; one range
-    (no bounds) when the relation is small enough."""
-    edges = [None, *_sampled_cuts(con, events, CUSTOMER_ID, partition_events), None]
+    """Ranges [lo, hi) of customer_id holding about `partition_events` events each (quantiles
+    of a sample of the events' customer_ids); one range (no bounds) when the relation is small
+    enough."""
+    n_events = con.sql(f"SELECT count(*) FROM {events}").fetchall()[0][0]
+    n_parts = max(1, math.ceil(n_events / max(partition_events, 1)))
+    cuts: list[str] = []
+    if n_parts > 1:
+        sample = con.sql(
+            f"SELECT {CUSTOMER_ID} FROM {events} WHERE {CUSTOMER_ID} IS NOT NULL "
+            f"USING SAMPLE reservoir({_CUSTOMERS_SAMPLED} ROWS) REPEATABLE (7)"
+        ).fetchall()
+        keys = sorted(r[0] for r in sample)
+        if keys:
+            cuts = sorted({keys[len(keys) * k // n_parts] for k in range(1, n_parts)})
+    edges = [None, *cuts, None]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
