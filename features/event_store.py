@@ -432,6 +432,7 @@ class StoreFile:
     first and last customer_no; `customer_ids[n]` is customer_no n's customer_id."""
 
     path: str
+    metadata: pq.FileMetaData  # parsed once: a range's read does not parse the footer again
     group_first: np.ndarray
     group_last: np.ndarray
     group_rows: np.ndarray
@@ -471,6 +472,7 @@ class StoreFile:
         table = np.array(bounds, dtype=np.int64).reshape(-1, 3)
         return cls(
             path=path,
+            metadata=meta,
             group_first=table[:, 0],
             group_last=table[:, 1],
             group_rows=table[:, 2],
@@ -498,4 +500,5 @@ class StoreFile:
         """The rows of the row groups holding customer_no lo .. hi - 1 (the first and last may
         hold neighbours too: the caller keeps its range)."""
         groups = np.flatnonzero((self.group_last >= lo) & (self.group_first < hi))
-        return pq.ParquetFile(self.path).read_row_groups(groups.tolist(), columns=columns)
+        file = pq.ParquetFile(self.path, metadata=self.metadata)
+        return file.read_row_groups(groups.tolist(), columns=columns)

@@ -147,8 +147,8 @@ class ScanPlan:
         n_direct = np.zeros(n_pairs, dtype=np.int64)
         flat: list[tuple[int, int, int]] = []
         for pair in range(n_pairs):
-            # direct sums, direct times, then dimensions
-            items = sorted(direct.get(pair, []), key=lambda t: (t[2], t[1] < 0))
+            # targets without a dimension first (fed once per customer), then the split ones
+            items = sorted(direct.get(pair, []), key=lambda t: t[2])
             sizes[pair + 1] = len(items)
             n_direct[pair] = sum(1 for item in items if item[2] == 0)
             flat += items
@@ -452,7 +452,7 @@ def _feed_pairs(
     pair_sum: np.ndarray,
     pair_last: np.ndarray,
     pair_first: np.ndarray,
-    pair_rows: np.ndarray,
+    pair_open: np.ndarray,
     acc: np.ndarray,
 ) -> None:
     """Add a customer's per-pair sums to the aggregates without a dimension, and reset them."""
@@ -473,7 +473,7 @@ def _feed_pairs(
                 v = float(pair_first[q])
                 if not old <= v:  # NaN or later
                     acc[j] = v
-        pair_rows[q] = 0
+        pair_open[q] = False
 
 
 @numba.njit(nogil=True, cache=True)
@@ -516,7 +516,7 @@ def _reduce_loop(
     pair_sum = np.zeros((n_pairs, n_moments))
     pair_last = np.zeros(n_pairs, dtype=np.int64)
     pair_first = np.zeros(n_pairs, dtype=np.int64)
-    pair_rows = np.zeros(n_pairs, dtype=np.int64)
+    pair_open = np.zeros(n_pairs, dtype=np.bool_)  # the pair has rows in the current run
     touched = np.empty(n_pairs, dtype=np.int64)
     n_touched = 0
     moment = np.empty(n_moments)
@@ -545,7 +545,7 @@ def _reduce_loop(
                     pair_sum,
                     pair_last,
                     pair_first,
-                    pair_rows,
+                    pair_open,
                     acc,
                 )
                 n_touched = 0
@@ -569,7 +569,8 @@ def _reduce_loop(
             moment[2 + n_rates + k] = a * w
         for k in range(len(windows_us)):
             moment[2 + 2 * n_rates + k] = 1.0 if t >= as_of_us - windows_us[k] else 0.0
-        if pair_rows[p] == 0:
+        if not pair_open[p]:
+            pair_open[p] = True
             touched[n_touched] = p
             n_touched += 1
             for m in range(n_moments):  # explicit loops: a slice expression allocates
@@ -581,7 +582,6 @@ def _reduce_loop(
                 pair_sum[p, m] += moment[m]
             pair_last[p] = max(pair_last[p], t)
             pair_first[p] = min(pair_first[p], t)
-        pair_rows[p] += 1
         if dim_start[p] == ptr[p + 1]:
             continue
         # as `base_aggregates_sql`: floor of the hours (days) since the epoch, C remainder;
