@@ -507,10 +507,10 @@ def _reduce_loop(
     A customer's rows come in runs (the file is in customer order). Within a run, each row's
     moments are summed per (channel, event type) pair, and at the run's end those sums feed
     the aggregates (`_feed_pairs`) into one row kept in cache, written out once. Aggregates
-    split by hour, weekday or category take each row directly. `decay[i, k]` is row i's
+    split by hour, weekday or category take each row directly. `decay[k, i]` is row i's
     weight exp(-rate_k * age) (computed vectorised by numpy, a few times faster than here).
     """
-    n_rates = decay.shape[1]
+    n_rates = decay.shape[0]
     n_moments = 2 + 2 * n_rates + len(windows_us)
     n_pairs = len(ptr) - 1
     pair_sum = np.zeros((n_pairs, n_moments))
@@ -564,7 +564,7 @@ def _reduce_loop(
         a = amount[i]
         moment[1] = a
         for k in range(n_rates):
-            w = decay[i, k]
+            w = decay[k, i]
             moment[2 + k] = w
             moment[2 + n_rates + k] = a * w
         for k in range(len(windows_us)):
@@ -672,8 +672,11 @@ def _reduce_batch(
             "run `nba ingest` again"
         )
     ts = _microseconds(batch.column(TS))
+    # one contiguous row of weights per rate: an outer product with the rates as its short
+    # inner axis runs numpy's loops 3 elements at a time, several times slower
+    decay = np.multiply.outer(-plan.rates, np.subtract(as_of_us, ts, dtype=np.float64))
     with np.errstate(over="ignore"):  # rows after the as-of time, which the loop skips
-        decay = np.exp(np.multiply.outer((as_of_us - ts).astype(np.float64), -plan.rates))
+        np.exp(decay, out=decay)
     _reduce_loop(
         cust,
         int(cust_offset),
