@@ -63,6 +63,8 @@ from features.event_store import StoreFile
 
 _CUSTOMERS_SAMPLED = 20_000
 _STORE_COLUMNS = [CUSTOMER_NO, TS, *CODED_COLUMNS.values(), AMOUNT]
+_NO_TIME_LOW = np.iinfo(np.int64).min
+_NO_TIME_HIGH = np.iinfo(np.int64).max
 _IN_FLIGHT = 2  # ranges reduced at once (threads); the machine this was tuned on has 2 cores
 
 # a target's dimension, and the moments of time targets
@@ -474,6 +476,9 @@ def _feed_pairs(
                 if not old <= v:  # NaN or later
                     acc[j] = v
         pair_open[q] = False
+        pair_sum[q, :] = 0.0
+        pair_last[q] = _NO_TIME_LOW
+        pair_first[q] = _NO_TIME_HIGH
 
 
 @numba.njit(nogil=True, cache=True)
@@ -514,8 +519,8 @@ def _reduce_loop(
     n_moments = 2 + 2 * n_rates + len(windows_us)
     n_pairs = len(ptr) - 1
     pair_sum = np.zeros((n_pairs, n_moments))
-    pair_last = np.zeros(n_pairs, dtype=np.int64)
-    pair_first = np.zeros(n_pairs, dtype=np.int64)
+    pair_last = np.full(n_pairs, _NO_TIME_LOW, dtype=np.int64)
+    pair_first = np.full(n_pairs, _NO_TIME_HIGH, dtype=np.int64)
     pair_open = np.zeros(n_pairs, dtype=np.bool_)  # the pair has rows in the current run
     touched = np.empty(n_pairs, dtype=np.int64)
     n_touched = 0
@@ -561,29 +566,33 @@ def _reduce_loop(
         p = pair_lut[channel_no[i], event_type_no[i]]
         if ptr[p] == ptr[p + 1]:
             continue
+        if not pair_open[p]:
+            pair_open[p] = True
+            touched[n_touched] = p
+            n_touched += 1
         a = amount[i]
-        moment[1] = a
+        # the row's moments (see `_moment`) added to its pair's sums straight, without a branch
+        # on the pair's first row: `_feed_pairs` leaves every pair's sums at zero
+        pair_sum[p, 0] += 1.0
+        pair_sum[p, 1] += a
+        for k in range(n_rates):
+            w = decay[k, i]
+            pair_sum[p, 2 + k] += w
+            pair_sum[p, 2 + n_rates + k] += a * w
+        for k in range(len(windows_us)):
+            if t >= as_of_us - windows_us[k]:
+                pair_sum[p, 2 + 2 * n_rates + k] += 1.0
+        pair_last[p] = max(pair_last[p], t)
+        pair_first[p] = min(pair_first[p], t)
+        if dim_start[p] == ptr[p + 1]:
+            continue
+        moment[1] = a  # each of the row's moments, for the aggregates split by a dimension
         for k in range(n_rates):
             w = decay[k, i]
             moment[2 + k] = w
             moment[2 + n_rates + k] = a * w
         for k in range(len(windows_us)):
             moment[2 + 2 * n_rates + k] = 1.0 if t >= as_of_us - windows_us[k] else 0.0
-        if not pair_open[p]:
-            pair_open[p] = True
-            touched[n_touched] = p
-            n_touched += 1
-            for m in range(n_moments):  # explicit loops: a slice expression allocates
-                pair_sum[p, m] = moment[m]
-            pair_last[p] = t
-            pair_first[p] = t
-        else:
-            for m in range(n_moments):
-                pair_sum[p, m] += moment[m]
-            pair_last[p] = max(pair_last[p], t)
-            pair_first[p] = min(pair_first[p], t)
-        if dim_start[p] == ptr[p + 1]:
-            continue
         # as `base_aggregates_sql`: floor of the hours (days) since the epoch, C remainder;
         # integer floor division equals SQL's FLOOR(ts / 3.6e9) below 2^53 us
         if t >= 0:  # integer division by constants: multiplications
