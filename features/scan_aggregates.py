@@ -149,8 +149,10 @@ class ScanPlan:
         n_direct = np.zeros(n_pairs, dtype=np.int64)
         flat: list[tuple[int, int, int]] = []
         for pair in range(n_pairs):
-            # targets without a dimension first (fed once per customer), then the split ones
-            items = sorted(direct.get(pair, []), key=lambda t: t[2])
+            # targets without a dimension first (fed once per customer), then the split ones;
+            # within each, sums, then last times, then first times, so the loops' branches on
+            # the kind of target run in long predictable stretches
+            items = sorted(direct.get(pair, []), key=lambda t: (t[2], _target_kind(t[1]), t[0]))
             sizes[pair + 1] = len(items)
             n_direct[pair] = sum(1 for item in items if item[2] == 0)
             flat += items
@@ -262,6 +264,11 @@ def _moment(b: BaseAggregate, rates: list[float], windows: list[int]) -> int:
     if b.op == "first":
         return _FIRST
     raise ValueError(f"unknown aggregate operation {b.op}")
+
+
+def _target_kind(moment: int) -> int:
+    """0 for a sum of a moment, 1 for a last time, 2 for a first time."""
+    return 0 if moment >= 0 else (1 if moment == _LAST else 2)
 
 
 def _window_us(b: BaseAggregate) -> int:
