@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from training.models import FrameEncoder
 
@@ -82,3 +83,36 @@ def test_r_learner_pickled_before_effect_shapes_loads_and_predicts_the_same():
     assert loaded.effect_shape_ == ("constant" if shape == "constant" else "line")
     # a proportional effect is a line with a = 0, so every shape predicts as before
     np.testing.assert_allclose(loaded.predict_uplift(X), model.predict_uplift(X))
+
+
+def test_uplift_through_a_step_ranks_those_the_step_is_raised_for_first():
+    from sklearn.metrics import roc_auc_score
+
+    from training.config import LGBMParams
+    from training.models import UpliftRLearner, UpliftThroughStep
+
+    # a funnel: the e-mail raises visits only for x > 0; a visit converts 20% of the time
+    rng = np.random.default_rng(3)
+    n = 40_000
+    x = rng.normal(size=n)
+    t = rng.random(n) < 0.5
+    moved = x > 0
+    visit = rng.random(n) < 0.15 + 0.12 * (t & moved)
+    converted = visit & (rng.random(n) < 0.2)
+    X = pd.DataFrame({"x": x, "channel": "email"})
+    later = np.arange(n) >= int(0.7 * n)
+    params = LGBMParams(n_estimators=100, num_leaves=7, n_jobs=1)
+    model = UpliftThroughStep(UpliftRLearner(params)).fit(
+        X[~later], t[~later], visit[~later], converted[~later],
+        X[later], t[later], visit[later], converted[later],
+    )  # fmt: skip
+    score = model.predict_uplift(X)
+    assert roc_auc_score(moved, score) > 0.8
+    # the effect on conversions where the visit is raised: 0.12 x 0.2
+    assert abs(score[moved].mean() - 0.024) < 0.01
+    assert abs(score[~moved].mean()) < 0.01
+    with pytest.raises(ValueError, match="outcome without the step"):
+        UpliftThroughStep(UpliftRLearner(params)).fit(
+            X[~later], t[~later], visit[~later], ~visit[~later],
+            X[later], t[later], visit[later], converted[later],
+        )  # fmt: skip
