@@ -66,7 +66,10 @@ class ModelConfig(Strict):
     max_contact_rows: int = Field(
         default=1_000_000,
         ge=1000,
-        description="Most recent contacts kept for the response and uplift models.",
+        description=(
+            "Contacts kept for the response and uplift models: each action's most recent, "
+            "shared equally between actions (an action with fewer keeps all of its own)."
+        ),
     )
     gate_margin: float = Field(
         default=0.002,

@@ -122,7 +122,8 @@ def contact_training_set(
 ) -> tuple[pd.DataFrame, TrainingSetReport]:
     """One row per outbound contact or holdout: ids, treatment, propensity, labels, features.
 
-    `max_rows` keeps the most recent complete contacts (the features are the costly part).
+    `max_rows` bounds the rows (the features are the costly part): the most recent complete
+    contacts of each action, shared out equally (`most_recent_per_action`).
     """
     if labels.attribution_window_days > labels.purchase_horizon_days:
         raise ValueError("training.labels: attribution window must not exceed purchase horizon")
@@ -135,7 +136,7 @@ def contact_training_set(
     dropped = int((wanted & ~complete).sum())
     rows = rows[wanted & complete].reset_index(drop=True)
     if max_rows is not None and len(rows) > max_rows:
-        rows = rows.iloc[len(rows) - max_rows :].reset_index(drop=True)
+        rows = most_recent_per_action(rows, max_rows)
     feats = engine.at(rows.rename(columns={TS: AS_OF})[[CUSTOMER_ID, AS_OF]])
     out = pd.concat([rows, feats], axis=1)
     report = TrainingSetReport(
@@ -146,6 +147,28 @@ def contact_training_set(
         data_end=end,
     )
     return out, report
+
+
+def most_recent_per_action(rows: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """At most `max_rows` of the time-ordered contacts: each action's most recent ones, the
+    budget shared equally between actions, and what an action with fewer rows leaves shared
+    among the others (rows without an action count under their channel).
+
+    The most recent rows overall would be the latest few weeks, which can miss an action run a
+    few times a year (direct mail) entirely; and a rare action's effect, estimated from its own
+    holdouts, gains most from each row it keeps.
+    """
+    key = rows[ACTION_ID].astype(object).fillna(rows[CHANNEL].astype(object))
+    sizes = np.sort(key.value_counts().to_numpy())
+    budget, quota = max_rows, int(sizes[-1])
+    for i, n in enumerate(sizes):  # water-filling: the smallest groups first
+        share = budget // (len(sizes) - i)
+        if n > share:
+            quota = share
+            break
+        budget -= int(n)
+    newest_first = rows.groupby(key.to_numpy(), sort=False).cumcount(ascending=False)
+    return rows[newest_first.to_numpy() < quota].reset_index(drop=True)
 
 
 def snapshot_times(con: duckdb.DuckDBPyConnection, labels: LabelConfig) -> list[pd.Timestamp]:

@@ -10,7 +10,11 @@ from features.batch import BatchEngine
 from features.config import DataConfig
 from features.definitions import FeatureConfig, FeatureSet
 from training.config import LabelConfig
-from training.datasets import contact_training_set, snapshot_training_set
+from training.datasets import (
+    contact_training_set,
+    most_recent_per_action,
+    snapshot_training_set,
+)
 
 T = pd.Timestamp("2025-03-01 12:00", tz="UTC")
 US = pd.Timedelta(microseconds=1)
@@ -179,3 +183,29 @@ def test_contacts_whose_horizon_passes_the_data_end_are_dropped_and_counted(con)
     table, report = contact_training_set(con, engine, DataConfig(), LabelConfig())
     assert table["event_id"].tolist() == ["send1"]
     assert report.dropped_censored == 1
+
+
+def test_contact_budget_keeps_each_actions_most_recent_rows_and_rare_actions_whole():
+    n = 1080
+    action = np.array(["email_a"] * 1000 + ["dm_b"] * 50 + [None] * 30, dtype=object)
+    order = np.random.default_rng(0).permutation(n)
+    rows = pd.DataFrame(
+        {
+            "ts": pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC"),
+            "action_id": action[order],
+            "channel": np.where(action[order] == None, "call", "email"),  # noqa: E711
+        }
+    )
+    kept = most_recent_per_action(rows, 300)
+    assert len(kept) == 300
+    assert kept["ts"].is_monotonic_increasing  # still in time order
+    counts = kept["action_id"].fillna("no action").value_counts()
+    assert counts["dm_b"] == 50 and counts["no action"] == 30 and counts["email_a"] == 220
+    emails = rows[rows["action_id"] == "email_a"]
+    assert kept.loc[kept["action_id"] == "email_a", "ts"].min() == emails["ts"].iloc[-220]
+    # a budget smaller than every action: an equal share each
+    assert most_recent_per_action(rows, 60)["action_id"].fillna("-").value_counts().tolist() == [
+        20,
+        20,
+        20,
+    ]
