@@ -450,6 +450,25 @@ def _c_remainder(x: int, m: int) -> int:
     return x - int(x / m) * m
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _row_moment(
+    m: int, a: float, t: int, i: int, decay: np.ndarray, as_of_us: int, windows_us: np.ndarray
+) -> float:
+    """Row i's moment m (the order of `_moment`): one, the amount, a decay weight per rate,
+    the amount times each weight, a 0/1 indicator per window."""
+    n_rates = decay.shape[0]
+    if m == 0:
+        return 1.0
+    if m == 1:
+        return a
+    k = m - 2
+    if k < n_rates:
+        return decay[k, i]
+    if k < 2 * n_rates:
+        return a * decay[k - n_rates, i]
+    return 1.0 if t >= as_of_us - windows_us[k - 2 * n_rates] else 0.0
+
+
 @numba.njit(nogil=True, cache=True)
 def _feed_pairs(
     touched: np.ndarray,
@@ -531,8 +550,6 @@ def _reduce_loop(
     pair_open = np.zeros(n_pairs, dtype=np.bool_)  # the pair has rows in the current run
     touched = np.empty(n_pairs, dtype=np.int64)
     n_touched = 0
-    moment = np.empty(n_moments)
-    moment[0] = 1.0
     dim_value = np.zeros(4, dtype=np.int64)
     acc = np.empty(out.shape[1])
     current = -1
@@ -593,13 +610,6 @@ def _reduce_loop(
         pair_first[p] = min(pair_first[p], t)
         if dim_start[p] == ptr[p + 1]:
             continue
-        moment[1] = a  # each of the row's moments, for the aggregates split by a dimension
-        for k in range(n_rates):
-            w = decay[k, i]
-            moment[2 + k] = w
-            moment[2 + n_rates + k] = a * w
-        for k in range(len(windows_us)):
-            moment[2 + 2 * n_rates + k] = 1.0 if t >= as_of_us - windows_us[k] else 0.0
         # as `base_aggregates_sql`: floor of the hours (days) since the epoch, C remainder;
         # integer floor division equals SQL's FLOOR(ts / 3.6e9) below 2^53 us
         if t >= 0:  # integer division by constants: multiplications
@@ -619,7 +629,7 @@ def _reduce_loop(
             m = target_moment[e]
             old = acc[j]
             if m >= 0:
-                x = moment[m]
+                x = _row_moment(m, a, t, i, decay, as_of_us, windows_us)
                 acc[j] = x if math.isnan(old) else old + x
             elif m == _LAST:
                 if not old >= t:  # NaN or earlier

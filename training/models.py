@@ -485,10 +485,10 @@ class UpliftThroughStep:
     there, is left out, so the numbers rank customers but understate the total effect by it.
     """
 
-    def __init__(self, step: UpliftRLearner) -> None:
-        """`step`: the R-learner of the step, fitted already (on the same rows and later slice)
-        or fitted here; the outcome model takes its LightGBM parameters."""
-        self.step = step
+    def __init__(self, step_learner: UpliftRLearner) -> None:
+        """`step_learner`: the R-learner of the step, fitted already (on the same rows and later
+        slice) or fitted here; the outcome model takes its LightGBM parameters."""
+        self.step_learner = step_learner
 
     def fit(
         self,
@@ -505,13 +505,13 @@ class UpliftThroughStep:
         y, y_cal = np.asarray(y), np.asarray(y_cal)
         if np.any(y.astype(bool) & ~took) or np.any(y_cal.astype(bool) & ~took_cal):
             raise ValueError("an outcome without the step: the outcome must only follow the step")
-        if not hasattr(self.step, "model_"):
-            self.step.fit(X, treated, took, X_cal, t_cal, took_cal)
-        self.outcome_given_step_ = CalibratedClassifier(self.step.params).fit(
+        if not hasattr(self.step_learner, "model_"):
+            self.step_learner.fit(X, treated, took, X_cal, t_cal, took_cal)
+        self.outcome_given_step_ = CalibratedClassifier(self.step_learner.params).fit(
             X[took], y[took], X_cal[took_cal], y_cal[took_cal]
         )
         return self
 
     def predict_uplift(self, X: pd.DataFrame) -> np.ndarray:
         """tau_s(x) * P(outcome | step, x): the ranking score (see the class docstring)."""
-        return self.step.predict_uplift(X) * self.outcome_given_step_.predict_proba(X)
+        return self.step_learner.predict_uplift(X) * self.outcome_given_step_.predict_proba(X)

@@ -193,7 +193,7 @@ def test_contact_budget_keeps_each_actions_most_recent_rows_and_rare_actions_who
         {
             "ts": pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC"),
             "action_id": action[order],
-            "channel": np.where(action[order] == None, "call", "email"),  # noqa: E711
+            "channel": np.where(pd.isna(action[order]), "call", "email"),
         }
     )
     kept = most_recent_per_action(rows, 300)
