@@ -469,6 +469,20 @@ def _row_moment(
     return 1.0 if t >= as_of_us - windows_us[k - 2 * n_rates] else 0.0
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _fold(acc: np.ndarray, j: int, m: int, x: float) -> None:
+    """Fold x into aggregate j as its target kind says: add it to a sum (m >= 0; a missing
+    sum starts at x), or keep the later (_LAST) or the earlier (_FIRST) time."""
+    old = acc[j]
+    if m >= 0:
+        acc[j] = x if math.isnan(old) else old + x
+    elif m == _LAST:
+        if not old >= x:  # NaN or earlier
+            acc[j] = x
+    elif not old <= x:  # _FIRST: NaN or later
+        acc[j] = x
+
+
 @numba.njit(nogil=True, cache=True)
 def _feed_pairs(
     touched: np.ndarray,
@@ -487,20 +501,9 @@ def _feed_pairs(
     for q_i in range(n_touched):
         q = touched[q_i]
         for e in range(ptr[q], dim_start[q]):
-            j = target_column[e]
             m = target_moment[e]
-            old = acc[j]
-            if m >= 0:
-                v = pair_sum[q, m]
-                acc[j] = v if math.isnan(old) else old + v
-            elif m == _LAST:
-                v = float(pair_last[q])
-                if not old >= v:  # NaN or earlier
-                    acc[j] = v
-            else:
-                v = float(pair_first[q])
-                if not old <= v:  # NaN or later
-                    acc[j] = v
+            x = pair_sum[q, m] if m >= 0 else float(pair_last[q] if m == _LAST else pair_first[q])
+            _fold(acc, target_column[e], m, x)
         pair_open[q] = False
         pair_sum[q, :] = 0.0
         pair_last[q] = _NO_TIME_LOW
@@ -627,15 +630,8 @@ def _reduce_loop(
             if j < 0:
                 continue
             m = target_moment[e]
-            old = acc[j]
-            if m >= 0:
-                x = _row_moment(m, a, t, i, decay, as_of_us, windows_us)
-                acc[j] = x if math.isnan(old) else old + x
-            elif m == _LAST:
-                if not old >= t:  # NaN or earlier
-                    acc[j] = t
-            elif not old <= t:  # _FIRST: NaN or later
-                acc[j] = t
+            x = _row_moment(m, a, t, i, decay, as_of_us, windows_us) if m >= 0 else float(t)
+            _fold(acc, j, m, x)
 
 
 def reduce_rows(plan: ScanPlan, codes: RowCodes, rows: pa.Table, as_of_us: int) -> Partition:
