@@ -12,6 +12,9 @@ truth table: margin x (true P(buy | contacted) - true P(buy | not)) x true order
   (a') the best any model could do: the oracle knowing every latent trait but not the random
        draw of the uplift type from them (persuadable, sleeping dog, ...), i.e. ranking by the
        true effect averaged over that draw
+  (a'') the best a model of our features could do: LightGBM regressions of the true effect
+       (given the latents) and the true order value on the decision-time features, cross-fitted
+       over two halves of the persons, i.e. our features taught by labels without sampling noise
   (b) our uplift policy (champion bundle, scoring `uplift`)
   (c) our response-ranked policy (same bundle, scoring `response`)
   (d) the best single action for everyone allowed (chosen in hindsight by its true total profit)
@@ -28,6 +31,7 @@ import argparse
 import time
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -45,6 +49,7 @@ from serving.policy import DecisionPolicy, load_policy
 from training import registry
 from training.config import TrainingConfig
 from training.datasets import data_end
+from training.models import FrameEncoder
 from training.train import train
 
 
@@ -95,6 +100,31 @@ def best_or_nothing(score: np.ndarray) -> np.ndarray:
     return np.where(score[np.arange(len(best)), best] > 0, best, -1)
 
 
+def cross_fitted(features: pd.DataFrame, targets: np.ndarray, seed: int) -> np.ndarray:
+    """Each column of `targets` regressed on the features, every row predicted by the model of
+    the other half of the rows (NaN targets are left out of the fits)."""
+    X = FrameEncoder().fit(features).transform(features)
+    half = np.random.default_rng(seed).permutation(len(X)) % 2
+    out = np.full(targets.shape, np.nan)
+    for j in range(targets.shape[1]):
+        for h in (0, 1):
+            fit_rows = (half != h) & np.isfinite(targets[:, j])
+            if not fit_rows.any():
+                continue
+            model = lgb.LGBMRegressor(
+                n_estimators=300,
+                learning_rate=0.05,
+                num_leaves=15,
+                min_child_samples=50,
+                n_jobs=2,
+                random_state=seed,
+                verbose=-1,
+            )
+            model.fit(X[fit_rows], targets[fit_rows, j])
+            out[half == h, j] = model.predict(X[half == h])
+    return out
+
+
 def value_of(choice: np.ndarray, profit: np.ndarray) -> float:
     """Mean true incremental profit per person of a choice (-1: do nothing)."""
     rows = np.arange(len(choice))
@@ -130,6 +160,11 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
 
     oracle = best_or_nothing(np.where(allowed, profit, -np.inf))
     latent_oracle = best_or_nothing(np.where(allowed, latent_profit, -np.inf))
+    columns = uplift_policy.bundle.customer_features
+    taught_uplift = cross_fitted(feats[columns], latent_uplift, seed)
+    taught_value = cross_fitted(feats[columns], true_value, seed)
+    taught = np.where(allowed, margin * taught_uplift * taught_value - cost, -np.inf)
+    feature_oracle = best_or_nothing(np.nan_to_num(taught, nan=-np.inf))
     blanket = [np.where(allowed[:, j], j, -1) for j in range(allowed.shape[1])]
     blanket_values = [value_of(c, profit) for c in blanket]
     best_single = int(np.argmax(blanket_values))
@@ -140,6 +175,7 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
     rows = [
         ("(a) oracle (true probabilities)", oracle),
         ("(a') latents but not the uplift-type draw", latent_oracle),
+        ("(a'') our features taught by the true effect", feature_oracle),
         ("(b) uplift policy (ours)", chosen(ours.table)),
         ("(c) response-ranked policy", chosen(resp.table)),
         (
