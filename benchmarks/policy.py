@@ -2,6 +2,7 @@
 
     python -m benchmarks.policy                         # a fresh 20k-customer world (nba synth's default)
     python -m benchmarks.policy --data DIR --throughput-customers 1000000
+    python -m benchmarks.policy --worlds 3 --throughput-customers 0    # mean and range over seeds
 
 Quality: at the end of the synthetic history, each person (the fragment of them identity
 resolution knows best, i.e. with the most events) gets one decision from each policy, all under
@@ -132,7 +133,8 @@ def value_of(choice: np.ndarray, profit: np.ndarray) -> float:
     return float(np.nanmean(gained))
 
 
-def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
+def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str, float]:
+    """Prints the policy table of one world; returns each policy's share of the oracle."""
     truth_dir = data_dir.truth
     people = primary_fragments(con, truth_dir)
     end = data_end(con)
@@ -191,10 +193,12 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
         f"true incremental profit per person"
     )
     print(f"  {'policy':44s} {'profit/person':>14s} {'of oracle':>10s} {'contacted':>10s}")
+    shares = {}
     for name, choice in rows:
         v = value_of(choice, profit)
         share = v / a_value if a_value else float("nan")
         print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
+        shares[name.split(":")[0]] = share
     # how well the uplift model ranks: true uplift of our chosen contacts vs the oracle's
     print(
         f"  decided {len(feats):,} persons in {t_decide:.2f} s "
@@ -203,6 +207,7 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> None:
     print(f"  share of persons with an allowed action: {allowed.any(axis=1).mean():.1%}")
     print(f"  (NOTHING = {NOTHING}; every policy obeys the same rules)")
     where_uplift_loses(ours.scored, allowed, profit, true_uplift, true_value, a_value)
+    return shares
 
 
 def where_uplift_loses(
@@ -275,16 +280,34 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000, help="world size without --data")
     parser.add_argument("--throughput-customers", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--worlds",
+        type=int,
+        default=1,
+        help="without --data: the quality table on this many fresh worlds (seeds seed, seed+1, "
+        "...) and each row's mean and range; one world's (b) moves by a few points with the seed",
+    )
     args = parser.parse_args()
+    if args.data is not None and args.worlds > 1:
+        parser.error("--worlds generates its worlds: leave out --data")
 
-    data_dir = prepared_world(args.data, args.customers, args.seed)
-    con = open_store(data_dir)
-    registry.configure_tracking(data_dir.root)
-    if registry.alias_version(registry.CHAMPION) is None:
-        print("no champion bundle yet: training one")
-        train(data_dir, DataConfig(), FeatureConfig(), TrainingConfig(), con)
-    engine = BatchEngine(FeatureSet(DataConfig(), FeatureConfig()), con, customers="customers")
-    quality(data_dir, con, engine, args.seed)
+    per_world = []
+    for seed in range(args.seed, args.seed + args.worlds):
+        data_dir = prepared_world(args.data, args.customers, seed)
+        con = open_store(data_dir)
+        registry.configure_tracking(data_dir.root)
+        if registry.alias_version(registry.CHAMPION) is None:
+            print("no champion bundle yet: training one")
+            train(data_dir, DataConfig(), FeatureConfig(), TrainingConfig(), con)
+        engine = BatchEngine(FeatureSet(DataConfig(), FeatureConfig()), con, customers="customers")
+        per_world.append(quality(data_dir, con, engine, seed))
+    if args.worlds > 1:
+        table = pd.DataFrame(per_world)
+        print(f"\nshare of the oracle over {args.worlds} worlds (seeds {args.seed}..{seed}):")
+        print(f"  {'policy':44s} {'mean':>8s} {'min':>8s} {'max':>8s}")
+        for name in table.columns:
+            col = table[name]
+            print(f"  {name:44s} {col.mean():8.1%} {col.min():8.1%} {col.max():8.1%}")
     if args.throughput_customers:
         throughput(data_dir, engine, con, args.throughput_customers, args.seed)
 
