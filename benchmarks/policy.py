@@ -163,8 +163,9 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
     oracle = best_or_nothing(np.where(allowed, profit, -np.inf))
     latent_oracle = best_or_nothing(np.where(allowed, latent_profit, -np.inf))
     columns = uplift_policy.bundle.customer_features
-    taught_uplift = cross_fitted(feats[columns], latent_uplift, seed)
-    taught_value = cross_fitted(feats[columns], true_value, seed)
+    taught_uplift, taught_value = np.split(
+        cross_fitted(feats[columns], np.hstack([latent_uplift, true_value]), seed), 2, axis=1
+    )
     taught = np.where(allowed, margin * taught_uplift * taught_value - cost, -np.inf)
     feature_oracle = best_or_nothing(np.nan_to_num(taught, nan=-np.inf))
     blanket = [np.where(allowed[:, j], j, -1) for j in range(allowed.shape[1])]
@@ -198,8 +199,7 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
         v = value_of(choice, profit)
         share = v / a_value if a_value else float("nan")
         print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
-        shares[name.split(":")[0]] = share
-    # how well the uplift model ranks: true uplift of our chosen contacts vs the oracle's
+        shares[name.split(":")[0]] = share  # (d)'s label names its action, which varies
     print(
         f"  decided {len(feats):,} persons in {t_decide:.2f} s "
         f"({len(feats) / t_decide:,.0f} decisions/s, features excluded)"
