@@ -61,9 +61,7 @@ class ModelConfig(Strict):
             "almost no trees, so the ranking rests on the per-action effects and the value "
             "model. There the policy it drives earned 29-33% of the oracle's profit (seeds 0-2), "
             "against 54% for a policy that knows every latent trait and 45% for our features "
-            "taught by the true effect (see benchmarks/policy.py). Pooling the action effects "
-            "toward their channel's by empirical Bayes, or keeping the trees only when their "
-            "R-loss gain is 2 standard errors clear, did not raise it."
+            "taught by the true effect (see benchmarks/policy.py)."
         ),
     )
     max_contact_rows: int = Field(
