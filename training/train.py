@@ -24,7 +24,7 @@ from features.config import DataConfig
 from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, TS, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from training import registry
-from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle
+from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle, pip_requirements
 from training.config import TrainingConfig
 from training.datasets import (
     PURCHASED,
@@ -312,6 +312,7 @@ def _log_family_run(
                 python_model=FamilyPyfunc(m),
                 signature=infer_signature(example, FamilyPyfunc(m).predict(None, example)),
                 input_example=example,
+                pip_requirements=pip_requirements(),
             )
         return run.info.run_id
 
@@ -407,6 +408,7 @@ def _log_bundle_run(
                 artifacts={"bundle": str(path)},
                 signature=infer_signature(example, bundle.predict(example)),
                 input_example=example,
+                pip_requirements=pip_requirements(),
                 registered_model_name=registry.BUNDLE_MODEL_NAME,
             )
         return str(info.registered_model_version), run.info.run_id

@@ -54,6 +54,16 @@ def test_first_bundle_becomes_champion_and_loads_back_with_the_same_numbers(trai
     )
 
 
+def test_logged_bundle_pins_the_libraries_its_models_need(trained):
+    """A server rebuilding the bundle's environment must get LightGBM (inference missed it)."""
+    from importlib.metadata import version
+
+    path = mlflow.pyfunc.get_model_dependencies(registry.model_uri(registry.CHAMPION))
+    pinned = set(open(path).read().split())
+    for package in ("lightgbm", "scikit-learn", "pandas", "mlflow"):
+        assert f"{package}=={version(package)}" in pinned, pinned
+
+
 def _example_frame(result) -> pd.DataFrame:
     """Real test-window contact rows, as the service will send them."""
     assert {"response", "purchase", "uplift"} <= set(result.reports)
