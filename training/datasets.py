@@ -52,6 +52,9 @@ class TrainingSetReport:
     first_as_of: pd.Timestamp | None
     last_as_of: pd.Timestamp | None
     data_end: pd.Timestamp
+    # complete contacts the row budget left without features: id, time, channel, action,
+    # treated and labels only, for estimates that need no features (each action's mean effect)
+    unfeatured: pd.DataFrame | None = None
 
 
 def data_end(con: duckdb.DuckDBPyConnection) -> pd.Timestamp:
@@ -135,8 +138,11 @@ def contact_training_set(
     complete = rows[TS] + horizon < end
     dropped = int((wanted & ~complete).sum())
     rows = rows[wanted & complete].reset_index(drop=True)
+    unfeatured = None
     if max_rows is not None and len(rows) > max_rows:
-        rows = most_recent_per_action(rows, max_rows)
+        kept = most_recent_per_action(rows, max_rows)
+        unfeatured = rows.loc[~kept, [EVENT_ID, TS, CHANNEL, ACTION_ID, TREATED, *LABELS]]
+        rows = rows[kept].reset_index(drop=True)
     feats = engine.at(rows.rename(columns={TS: AS_OF})[[CUSTOMER_ID, AS_OF]])
     out = pd.concat([rows, feats], axis=1)
     report = TrainingSetReport(
@@ -145,14 +151,16 @@ def contact_training_set(
         first_as_of=rows[TS].min() if len(rows) else None,
         last_as_of=rows[TS].max() if len(rows) else None,
         data_end=end,
+        unfeatured=None if unfeatured is None else unfeatured.reset_index(drop=True),
     )
     return out, report
 
 
-def most_recent_per_action(rows: pd.DataFrame, max_rows: int) -> pd.DataFrame:
-    """At most `max_rows` of the time-ordered contacts: each action's most recent ones, the
-    budget shared equally between actions, and what an action with fewer rows leaves shared
-    among the others (rows without an action count under their channel).
+def most_recent_per_action(rows: pd.DataFrame, max_rows: int) -> np.ndarray:
+    """Which of the time-ordered contacts to keep (a boolean mask), at most `max_rows`: each
+    action's most recent ones, the budget shared equally between actions, and what an action
+    with fewer rows leaves shared among the others (rows without an action count under their
+    channel).
 
     The most recent rows overall would be the latest few weeks, which can miss an action run a
     few times a year (direct mail) entirely; and a rare action's effect, estimated from its own
@@ -168,7 +176,7 @@ def most_recent_per_action(rows: pd.DataFrame, max_rows: int) -> pd.DataFrame:
             break
         budget -= int(n)
     newest_first = rows.groupby(key.to_numpy(), sort=False).cumcount(ascending=False)
-    return rows[newest_first.to_numpy() < quota].reset_index(drop=True)
+    return newest_first.to_numpy() < quota
 
 
 def snapshot_times(con: duckdb.DuckDBPyConnection, labels: LabelConfig) -> list[pd.Timestamp]:

@@ -260,6 +260,15 @@ class UpliftParams(Strict):
         ge=2,
         description="Folds of the cross-fitted R-loss that chooses each action's effect shape.",
     )
+    levels_from_unfeatured: bool = Field(
+        default=True,
+        description=(
+            "Each action's mean effect also learns from the labelled contacts that the row "
+            "budget (`max_contact_rows`) leaves without features: their difference in means, "
+            "weighted against the feature rows' estimate by the inverse of each variance. "
+            "Labels cost one SQL pass; features at every contact are the costly part."
+        ),
+    )
 
 
 EFFECT_SHAPES = ("constant", "proportional", "line")
@@ -307,7 +316,12 @@ class UpliftRLearner:
         X_cal: pd.DataFrame,
         t_cal: np.ndarray,
         y_cal: np.ndarray,
+        X_more: pd.DataFrame | None = None,
+        t_more: np.ndarray | None = None,
+        y_more: np.ndarray | None = None,
     ) -> UpliftRLearner:
+        """`X_more` (channel and action only), `t_more`, `y_more`: contacts without features,
+        used only for each action's mean effect (`UpliftParams.levels_from_unfeatured`)."""
         from sklearn.model_selection import KFold, cross_val_predict
 
         self.baseline_ = CalibratedClassifier(self.params).fit(X, y, X_cal, y_cal)
@@ -327,6 +341,9 @@ class UpliftRLearner:
         residual_t = t - self._treated_share(X_all)
         residual_y = y_all - m
         self._fit_action_effects(X_all, residual_t, residual_y, m)
+        self.level_refinement_ = None
+        if X_more is not None and len(X_more) and self.uplift.levels_from_unfeatured:
+            self._refine_levels(X_all, residual_t, residual_y, m, X_more, t_more, y_more)
         start = self._action_effect(X_all, m)
         pseudo, weight = residual_y / residual_t, residual_t**2
         n = len(X)
@@ -362,6 +379,7 @@ class UpliftRLearner:
         if "effect_shape_" not in state:
             sloped = state.pop("effect_scales_with_baseline_", False)
             state["effect_shape_"] = "line" if sloped else "constant"
+        state.setdefault("level_refinement_", None)
         lines = state.get("effect_lines_")
         if lines and "all" in lines[-1]:  # the everyone key of commit 6bf505a
             lines[-1] = {"0": lines[-1]["all"]}
@@ -408,6 +426,70 @@ class UpliftRLearner:
         self.shape_losses_ = {shape: held_out_loss(shape) for shape in EFFECT_SHAPES}
         self.effect_shape_ = min(self.shape_losses_, key=self.shape_losses_.get)
         self.effect_lines_ = fit(np.arange(len(X)), self.effect_shape_)
+
+    def _refine_levels(
+        self,
+        X: pd.DataFrame,
+        residual_t: np.ndarray,
+        residual_y: np.ndarray,
+        m: np.ndarray,
+        X_more: pd.DataFrame,
+        t_more: np.ndarray,
+        y_more: np.ndarray,
+    ) -> None:
+        """Each key's mean effect mu = mean(a + b m) combined with the difference in means of
+        the contacts without features, by inverse variance; a line or constant shifts by the
+        change, a proportional effect rescales, so the fitted shape keeps its slope.
+
+        The feature rows' variance is the R-loss sandwich sum(rt^2 e^2) / (sum rt^2)^2 with
+        e = ry - rt tau; the other's is s1^2/n1 + s0^2/n0. Both samples are randomised, so
+        both estimates are unbiased and the combination has the smaller variance.
+        """
+        t_more = np.asarray(t_more, dtype=bool)
+        y_more = np.asarray(y_more, dtype=float)
+        refined = []
+        for lines, values, values_more in zip(
+            self.effect_lines_, self._effect_keys(X), self._effect_keys(X_more), strict=True
+        ):
+            tau = self._effect([lines], [values], m)  # this level's own lines
+            e = residual_y - residual_t * tau
+            keys = pd.Series(values).astype(str).to_numpy()
+            feat = pd.DataFrame(
+                {"rtt": residual_t**2, "rtte": (residual_t * e) ** 2, "m": m, "tau": tau}
+            ).groupby(keys)
+            f_sum, f_mean = feat[["rtt", "rtte"]].sum(), feat[["m", "tau"]].mean()
+            more_keys = pd.Series(values_more).astype(str).to_numpy()
+            arms = pd.DataFrame({"k": more_keys, "t": t_more, "y": y_more}).groupby(["k", "t"])
+            arm = arms["y"].agg(["mean", "var", "count"]).unstack("t")
+            for key, (a, b) in list(lines.items()):
+                if key not in f_sum.index or key not in arm.index:
+                    continue
+                n0, n1 = arm.loc[key, ("count", False)], arm.loc[key, ("count", True)]
+                if not (n0 >= 2 and n1 >= 2) or f_sum.loc[key, "rtt"] <= 0:
+                    continue
+                mu_f = f_mean.loc[key, "tau"]
+                var_f = f_sum.loc[key, "rtte"] / f_sum.loc[key, "rtt"] ** 2
+                diff = arm.loc[key, ("mean", True)] - arm.loc[key, ("mean", False)]
+                var_d = arm.loc[key, ("var", True)] / n1 + arm.loc[key, ("var", False)] / n0
+                if not (var_f > 0 and var_d > 0):
+                    continue
+                mu = (mu_f / var_f + diff / var_d) / (1.0 / var_f + 1.0 / var_d)
+                if self.effect_shape_ == "proportional":
+                    lines[key] = (a, float(mu / f_mean.loc[key, "m"]))
+                else:
+                    lines[key] = (float(a + mu - mu_f), b)
+                refined.append(
+                    {
+                        "key": key,
+                        "features_effect": float(mu_f),
+                        "features_se": float(np.sqrt(var_f)),
+                        "unfeatured_rows": int(n0 + n1),
+                        "unfeatured_effect": float(diff),
+                        "unfeatured_se": float(np.sqrt(var_d)),
+                        "effect": float(mu),
+                    }
+                )
+        self.level_refinement_ = pd.DataFrame(refined)
 
     @staticmethod
     def _effect_keys(X: pd.DataFrame) -> list[np.ndarray]:

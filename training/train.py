@@ -57,6 +57,8 @@ class TrainingData:
     snapshots: Split | None
     customer_features: list[str]
     notes: dict[str, str] = field(default_factory=dict)
+    # labelled contacts before the test slice that the row budget left without features
+    unfeatured_contacts: pd.DataFrame | None = None
 
 
 @dataclass
@@ -83,7 +85,7 @@ def build_training_data(
 ) -> TrainingData:
     """Both point-in-time training sets, split by time; what cannot be built is noted."""
     notes: dict[str, str] = {}
-    contacts = snapshots = None
+    contacts = snapshots = unfeatured = None
     columns: list[str] = []
     say("contacts training set (features as of each contact)")
     frame, report = contact_training_set(
@@ -97,6 +99,10 @@ def build_training_data(
                 frame, TS, cfg.split.calibration_fraction, cfg.split.test_fraction
             )
             columns = customer_feature_columns(engine.fs, frame)
+            if report.unfeatured is not None:
+                # the test slice stays unseen: only contacts before it
+                before_test = report.unfeatured[TS] < contacts.test[TS].min()
+                unfeatured = report.unfeatured[before_test].reset_index(drop=True)
         except ValueError as exc:
             notes["contacts"] = str(exc)
     say("purchase training set (monthly snapshots)")
@@ -111,7 +117,7 @@ def build_training_data(
             columns = columns or customer_feature_columns(engine.fs, frame)
         except ValueError as exc:
             notes["snapshots"] = f"{exc} (lengthen the history or shorten training.labels)"
-    return TrainingData(contacts, snapshots, columns, notes)
+    return TrainingData(contacts, snapshots, columns, notes, unfeatured)
 
 
 def _has_both_classes(*labels: pd.Series) -> bool:
@@ -137,6 +143,7 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
             skipped["response"] = "no responses (or only responses) among the contacts"
         if _has_both_classes(tr[PURCHASED], ca[PURCHASED]) and (~tr[TREATED]).any():
             say("uplift model (R-learner on contacts and holdouts)")
+            more = td.unfeatured_contacts if td.unfeatured_contacts is not None else tr.iloc[:0]
             uplift = UpliftRLearner(params, cfg.models.uplift).fit(
                 tr[contact_cols],
                 tr[TREATED].to_numpy(),
@@ -144,6 +151,9 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
                 ca[contact_cols],
                 ca[TREATED].to_numpy(),
                 ca[PURCHASED].to_numpy(),
+                X_more=more[[CHANNEL, ACTION_ID]],
+                t_more=more[TREATED].to_numpy(),
+                y_more=more[PURCHASED].to_numpy(),
             )
         else:
             skipped["uplift"] = "needs both contacted and holdout rows, with and without purchases"
@@ -294,6 +304,11 @@ def _log_family_run(
                 | {"effect_shape": model.effect_shape_}
             )
             mlflow.log_metrics({f"r_loss_{k}": v for k, v in model.shape_losses_.items()})
+            unfeatured = td.unfeatured_contacts
+            mlflow.log_param("unfeatured_contacts", 0 if unfeatured is None else len(unfeatured))
+            if getattr(model, "level_refinement_", None) is not None:
+                # each action's effect from the feature rows, the other contacts and both
+                mlflow.log_text(model.level_refinement_.to_csv(index=False), "effect_levels.csv")
         mlflow.log_metrics(report.flat())
         for name, fig in report.figures.items():
             mlflow.log_figure(fig, name)

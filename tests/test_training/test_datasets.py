@@ -196,7 +196,7 @@ def test_contact_budget_keeps_each_actions_most_recent_rows_and_rare_actions_who
             "channel": np.where(pd.isna(action[order]), "call", "email"),
         }
     )
-    kept = most_recent_per_action(rows, 300)
+    kept = rows[most_recent_per_action(rows, 300)]
     assert len(kept) == 300
     assert kept["ts"].is_monotonic_increasing  # still in time order
     counts = kept["action_id"].fillna("no action").value_counts()
@@ -204,7 +204,9 @@ def test_contact_budget_keeps_each_actions_most_recent_rows_and_rare_actions_who
     emails = rows[rows["action_id"] == "email_a"]
     assert kept.loc[kept["action_id"] == "email_a", "ts"].min() == emails["ts"].iloc[-220]
     # a budget smaller than every action: an equal share each
-    assert most_recent_per_action(rows, 60)["action_id"].fillna("-").value_counts().tolist() == [
+    assert rows[most_recent_per_action(rows, 60)]["action_id"].fillna(
+        "-"
+    ).value_counts().tolist() == [
         20,
         20,
         20,

@@ -68,6 +68,54 @@ def test_r_learner_effect_of_an_unseen_action_is_its_channels():
     assert abs(model.predict_uplift(X).mean() - 0.05) < 0.02
 
 
+def test_contacts_without_features_sharpen_each_actions_effect():
+    """Few feature rows, many labelled contacts without features: the action's effect comes
+    from both, weighted by precision, and lands near the truth the feature rows alone miss."""
+    from training.config import LGBMParams
+    from training.models import UpliftParams, UpliftRLearner
+
+    rng = np.random.default_rng(3)
+    effects = {"email_a": 0.03, "email_b": 0.0}
+
+    def contacts(n: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        action = rng.choice(list(effects), n)
+        x = rng.normal(size=n)
+        t = rng.random(n) < 0.5
+        p = 0.10 + 0.03 * x.clip(-2, 2) + t * pd.Series(action).map(effects).to_numpy()
+        X = pd.DataFrame({"x": x, "channel": "email", "action_id": action})
+        return X, t, rng.random(n) < p
+
+    X, t, y = contacts(6_000)
+    X_more, t_more, y_more = contacts(400_000)
+    later = np.arange(len(X)) >= 4_000
+    params = LGBMParams(n_estimators=50, num_leaves=7, n_jobs=1)
+
+    def fit(uplift: UpliftParams) -> UpliftRLearner:
+        return UpliftRLearner(params, uplift).fit(
+            X[~later], t[~later], y[~later], X[later], t[later], y[later],
+            X_more=X_more[["channel", "action_id"]], t_more=t_more, y_more=y_more,
+        )  # fmt: skip
+
+    constant = {"shape_folds": 2, "n_estimators": 1}
+    alone = fit(UpliftParams(levels_from_unfeatured=False, **constant))
+    both = fit(UpliftParams(**constant))
+    assert alone.level_refinement_ is None
+    table = both.level_refinement_.set_index("key")
+    for action, effect in effects.items():
+        row = table.loc[action]
+        assert row["unfeatured_rows"] > 150_000
+        assert row["unfeatured_se"] < row["features_se"] / 5
+        # inverse-variance weighting: between the two, much nearer the precise one
+        lo, hi = sorted([row["features_effect"], row["unfeatured_effect"]])
+        assert lo <= row["effect"] <= hi
+        assert abs(row["effect"] - effect) < 4 * row["unfeatured_se"]
+        a = X.head(1).assign(action_id=action)
+        np.testing.assert_allclose(both._action_effect(a)[0], row["effect"], atol=1e-12)
+    assert abs(alone._action_effect(X.head(1).assign(action_id="email_a"))[0] - 0.03) > abs(
+        both._action_effect(X.head(1).assign(action_id="email_a"))[0] - 0.03
+    )
+
+
 def test_r_learner_pickled_before_effect_shapes_loads_and_predicts_the_same():
     import pickle
 

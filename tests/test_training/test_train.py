@@ -1,5 +1,7 @@
 """The training run on a small synthetic world: splits, calibration, registry, gate, uplift."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -41,6 +43,21 @@ def test_splits_are_by_time(trained):
         assert described["calibration_to"] < described["test_from"]
 
 
+def test_contacts_beyond_the_row_budget_inform_the_effects_but_never_the_test_slice(trained):
+    result, _ = trained
+    more, contacts = result.data.unfeatured_contacts, result.data.contacts
+    assert len(more) > 0  # the fixture's budget (60,000 rows) leaves contacts out
+    assert more["ts"].max() < contacts.test["ts"].min()
+    featured = pd.concat([contacts.train, contacts.calibration, contacts.test])
+    assert not set(more["event_id"]) & set(featured["event_id"])  # a contact is one or other
+    refined = result.bundle.uplift.level_refinement_
+    assert len(refined) and set(refined["key"]) <= {
+        *featured["action_id"].dropna(),
+        *featured["channel"],
+        "0",
+    }
+
+
 def test_first_bundle_becomes_champion_and_loads_back_with_the_same_numbers(trained, world):
     result, _ = trained
     assert result.gate.promoted
@@ -59,7 +76,7 @@ def test_logged_bundle_pins_the_libraries_its_models_need(trained):
     from importlib.metadata import version
 
     path = mlflow.pyfunc.get_model_dependencies(registry.model_uri(registry.CHAMPION))
-    pinned = set(open(path).read().split())
+    pinned = set(Path(path).read_text().split())
     for package in ("lightgbm", "scikit-learn", "pandas", "mlflow"):
         assert f"{package}=={version(package)}" in pinned, pinned
 
