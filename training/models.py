@@ -453,14 +453,16 @@ class UpliftRLearner:
         ):
             tau = self._effect([lines], [values], m)  # this level's own lines
             e = residual_y - residual_t * tau
-            keys = pd.Series(values).astype(str).to_numpy()
             feat = pd.DataFrame(
                 {"rtt": residual_t**2, "rtte": (residual_t * e) ** 2, "m": m, "tau": tau}
-            ).groupby(keys)
+            ).groupby(values)
             f_sum, f_mean = feat[["rtt", "rtte"]].sum(), feat[["m", "tau"]].mean()
-            more_keys = pd.Series(values_more).astype(str).to_numpy()
-            arms = pd.DataFrame({"k": more_keys, "t": t_more, "y": y_more}).groupby(["k", "t"])
+            arms = pd.DataFrame({"k": values_more, "t": t_more, "y": y_more}).groupby(["k", "t"])
             arm = arms["y"].agg(["mean", "var", "count"]).unstack("t")
+            # lines are keyed by str(key): group by the raw keys (fast), then name the groups
+            f_sum.index, f_mean.index, arm.index = (f.index.map(str) for f in (f_sum, f_mean, arm))
+            if not {("count", False), ("count", True)} <= set(arm.columns):
+                continue  # one arm only: no difference in means anywhere
             for key, (a, b) in list(lines.items()):
                 if key not in f_sum.index or key not in arm.index:
                     continue
