@@ -68,8 +68,10 @@ class ModelConfig(Strict):
         default=1_000_000,
         ge=1000,
         description=(
-            "Contacts kept for the response and uplift models: each action's most recent, "
-            "shared equally between actions (an action with fewer keeps all of its own)."
+            "Contacts kept, with their features, for the response and uplift models: each "
+            "action's most recent, shared equally between actions (an action with fewer keeps "
+            "all of its own). The contacts left out still inform each action's mean effect "
+            "through their labels (`uplift.levels_from_unfeatured`)."
         ),
     )
     gate_margin: float = Field(
