@@ -168,6 +168,9 @@ def profile_columns(customers: pd.DataFrame, wanted: list[str] | None) -> pd.Dat
     if missing:
         raise ValueError(f"features.profile_columns: {missing} not in the customers table")
     table = customers.drop_duplicates(CUSTOMER_ID).set_index(CUSTOMER_ID)[columns]
+    # integers as float64: whether a customer lacks a value must not change the column's type
+    # (a served row without an age would not match a model logged with an integer age)
+    table = table.astype({c: "float64" for c in table.select_dtypes("integer").columns})
     return table.add_prefix("profile_")
 
 

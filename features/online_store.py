@@ -212,6 +212,12 @@ class _Batch:
     category: list[str | None]
 
 
+def _profile_value(v: Any) -> Any:
+    """A stored profile value as the batch engine has it: integers as floats (see
+    `definitions.profile_columns`), text and booleans as they are."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 def _blank(v: Any) -> bool:
     if v is None or v is pd.NA or v is pd.NaT:
         return True
@@ -557,7 +563,9 @@ class OnlineStore:
         if data is None:
             return [math.nan] * len(self._profile_names)
         return [
-            math.nan if v is None else (v if k == _VALUE else datetime.fromisoformat(v))
+            math.nan
+            if v is None
+            else (_profile_value(v) if k == _VALUE else datetime.fromisoformat(v))
             for v, k in zip(json.loads(data), self._profile_kinds, strict=True)
         ]
 

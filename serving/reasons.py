@@ -72,7 +72,10 @@ class FeatureWords:
         if isinstance(value, float) and np.isnan(value):
             value = None
         if name.startswith("profile_"):
-            return f"{name.removeprefix('profile_').replace('_', ' ')}: {value}"
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # profile integers are stored as floats: "age: 34"
+            shown = "unknown" if value is None else value
+            return f"{name.removeprefix('profile_').replace('_', ' ')}: {shown}"
         channel, rest = self._split(name)
         if channel is not None and value is not None:
             text = self._channel_phrase(channel, rest, float(value))

@@ -17,7 +17,8 @@ import duckdb
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import ColSpec, Schema
 
 from features.batch import BatchEngine
 from features.config import DataConfig
@@ -269,6 +270,16 @@ def _family_model(bundle: ModelBundle, family: str):
     }[family]
 
 
+def _signature(example: pd.DataFrame, output) -> ModelSignature:
+    """Every input optional: LightGBM takes a missing value in any feature, and five example
+    rows cannot tell which features a customer may lack."""
+    signature = infer_signature(example, output)
+    signature.inputs = Schema(
+        [ColSpec(c.type, c.name, required=False) for c in signature.inputs.inputs]
+    )
+    return signature
+
+
 def _log_family_run(
     family: str,
     bundle: ModelBundle,
@@ -325,7 +336,7 @@ def _log_family_run(
             mlflow.pyfunc.log_model(
                 name=f"model{suffix}",
                 python_model=FamilyPyfunc(m),
-                signature=infer_signature(example, FamilyPyfunc(m).predict(None, example)),
+                signature=_signature(example, FamilyPyfunc(m).predict(None, example)),
                 input_example=example,
                 pip_requirements=pip_requirements(),
             )
@@ -421,7 +432,7 @@ def _log_bundle_run(
                 name="bundle",
                 python_model=BundlePyfunc(),
                 artifacts={"bundle": str(path)},
-                signature=infer_signature(example, bundle.predict(example)),
+                signature=_signature(example, bundle.predict(example)),
                 input_example=example,
                 pip_requirements=pip_requirements(),
                 registered_model_name=registry.BUNDLE_MODEL_NAME,

@@ -131,3 +131,10 @@ def test_decisions_carry_ids_versions_and_reasons(trained_world):
     acted = t[t["action_id"] != "do_nothing"]
     assert len(acted) and (acted["reason_1"] != "").all() and (acted["reason_3"] != "").all()
     assert acted["send_hour"].between(0, 23).all()
+
+
+def test_profile_reasons_read_as_the_customers_table_wrote_them():
+    words = FeatureWords(DATA)
+    assert words.describe("profile_age", 34.0) == "age: 34"  # stored as a float
+    assert words.describe("profile_loyalty_tier", "gold") == "loyalty tier: gold"
+    assert words.describe("profile_age", float("nan")) == "age: unknown"

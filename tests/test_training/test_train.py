@@ -71,6 +71,24 @@ def test_first_bundle_becomes_champion_and_loads_back_with_the_same_numbers(trai
     )
 
 
+def test_logged_bundle_takes_rows_with_missing_features_as_the_bundle_does(trained):
+    """A customer without a profile has no age, one never e-mailed no e-mail recency: MLflow's
+    schema lets such rows through (five example rows had made every column required, and
+    the age an integer)."""
+    result, _ = trained
+    loaded = mlflow.pyfunc.load_model(registry.model_uri(registry.CHAMPION))
+    frame = _example_frame(result).head(4)
+    assert frame["profile_age"].dtype == np.float64
+    frame.loc[0, "profile_age"] = np.nan
+    frame.loc[1, "email_contact_days_since"] = np.nan
+    frame.loc[2, "profile_region"] = None
+    np.testing.assert_allclose(
+        loaded.predict(frame).to_numpy(dtype=float),
+        result.bundle.predict(frame).to_numpy(dtype=float),
+        rtol=1e-12,
+    )
+
+
 def test_logged_bundle_pins_the_libraries_its_models_need(trained):
     """A server rebuilding the bundle's environment must get LightGBM (inference missed it)."""
     from importlib.metadata import version
