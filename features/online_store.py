@@ -212,9 +212,13 @@ class _Batch:
     category: list[str | None]
 
 
-def _profile_value(v: Any) -> Any:
-    """A stored profile value as the batch engine has it: integers as floats (see
-    `definitions.profile_columns`), text and booleans as they are."""
+def _profile_value(v: Any, kind: str) -> Any:
+    """A stored profile value as the batch engine has it: NaN where missing, times as
+    datetimes, integers as floats (see `definitions.profile_columns`), the rest as stored."""
+    if v is None:
+        return math.nan
+    if kind != _VALUE:
+        return datetime.fromisoformat(v)
     return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
@@ -563,10 +567,7 @@ class OnlineStore:
         if data is None:
             return [math.nan] * len(self._profile_names)
         return [
-            math.nan
-            if v is None
-            else (_profile_value(v) if k == _VALUE else datetime.fromisoformat(v))
-            for v, k in zip(json.loads(data), self._profile_kinds, strict=True)
+            _profile_value(v, k) for v, k in zip(json.loads(data), self._profile_kinds, strict=True)
         ]
 
     def read(self, customer_id: str, as_of_us: int | None = None) -> dict[str, Any] | None:
