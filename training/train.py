@@ -144,7 +144,7 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
             skipped["response"] = "no responses (or only responses) among the contacts"
         if _has_both_classes(tr[PURCHASED], ca[PURCHASED]) and (~tr[TREATED]).any():
             say("uplift model (R-learner on contacts and holdouts)")
-            more = td.unfeatured_contacts if td.unfeatured_contacts is not None else tr.iloc[:0]
+            more = td.unfeatured_contacts
             uplift = UpliftRLearner(params, cfg.models.uplift).fit(
                 tr[contact_cols],
                 tr[TREATED].to_numpy(),
@@ -152,9 +152,9 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
                 ca[contact_cols],
                 ca[TREATED].to_numpy(),
                 ca[PURCHASED].to_numpy(),
-                X_more=more[[CHANNEL, ACTION_ID]],
-                t_more=more[TREATED].to_numpy(),
-                y_more=more[PURCHASED].to_numpy(),
+                X_more=None if more is None else more[[CHANNEL, ACTION_ID]],
+                t_more=None if more is None else more[TREATED].to_numpy(),
+                y_more=None if more is None else more[PURCHASED].to_numpy(),
             )
         else:
             skipped["uplift"] = "needs both contacted and holdout rows, with and without purchases"
