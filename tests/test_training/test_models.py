@@ -116,6 +116,36 @@ def test_contacts_without_features_sharpen_each_actions_effect():
     )
 
 
+def test_trees_spread_a_refined_level_between_customers_but_keep_its_mean():
+    """Feature rows that understate an effect which many contacts without features measure:
+    trees fitted on the feature rows alone would pull the level back; it is kept instead."""
+    from training.config import LGBMParams
+    from training.models import UpliftParams, UpliftRLearner
+
+    rng = np.random.default_rng(5)
+
+    def contacts(n: int, effect: float) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        x = rng.normal(size=n)
+        t = rng.random(n) < 0.5
+        tau = effect * (1 + x.clip(-1, 1))  # heterogeneous, mean about `effect`
+        X = pd.DataFrame({"x": x, "channel": "email", "action_id": "email_a"})
+        return X, t, rng.random(n) < 0.10 + t * tau
+
+    X, t, y = contacts(60_000, 0.0)
+    X_more, t_more, y_more = contacts(2_000_000, 0.04)
+    later = np.arange(len(X)) >= 40_000
+    params = LGBMParams(n_estimators=50, num_leaves=7, n_jobs=1)
+    uplift = UpliftParams(shape_folds=2, min_child_samples=500, reg_lambda=1.0)
+    model = UpliftRLearner(params, uplift).fit(
+        X[~later], t[~later], y[~later], X[later], t[later], y[later],
+        X_more=X_more[["channel", "action_id"]], t_more=t_more, y_more=y_more,
+    )  # fmt: skip
+    row = model.level_refinement_.set_index("key").loc["email_a"]
+    assert row["effect"] > 0.03  # the many contacts without features dominate the level
+    assert model.model_.best_iteration_ > 1 and row["trees_shift"] < -0.005  # trees pulled
+    np.testing.assert_allclose(model.predict_uplift(X).mean(), row["effect"], atol=1e-9)
+
+
 def test_r_learner_pickled_before_effect_shapes_loads_and_predicts_the_same():
     import pickle
 
