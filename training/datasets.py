@@ -35,7 +35,7 @@ from features.contract import (
     TS,
 )
 from features.definitions import US_PER_DAY
-from training.config import LabelConfig, SplitConfig
+from training.config import LabelConfig
 
 TREATED = "treated"
 RESPONDED = "responded"
@@ -55,63 +55,6 @@ class TrainingSetReport:
     # complete contacts the row budget left without features: id, time, channel, action,
     # treated and labels only, for estimates that need no features (each action's mean effect)
     unfeatured: pd.DataFrame | None = None
-    # where calibration and test start, chosen on every complete contact before the budget
-    split_times: tuple[pd.Timestamp, pd.Timestamp] | None = None
-
-
-@dataclass
-class Split:
-    train: pd.DataFrame
-    calibration: pd.DataFrame
-    test: pd.DataFrame
-
-    def describe(self, time_col: str) -> dict[str, str | int]:
-        out: dict[str, str | int] = {}
-        for name in ("train", "calibration", "test"):
-            part = getattr(self, name)
-            out[f"{name}_rows"] = len(part)
-            if len(part):
-                out[f"{name}_from"] = str(part[time_col].min())
-                out[f"{name}_to"] = str(part[time_col].max())
-        return out
-
-
-def split_times(times: pd.Series, cal_frac: float, test_frac: float) -> tuple:
-    """Where the calibration and the test slices start: the latest `test_frac` of the rows test,
-    the `cal_frac` before them calibrate. With few distinct times (monthly snapshots) whole
-    snapshots go to one side each."""
-    distinct = np.sort(times.unique())
-    if len(distinct) < 3:
-        raise ValueError(f"need at least 3 distinct {times.name} values for a time split")
-    if len(distinct) <= 24:
-        n_test = max(1, int(round(test_frac * len(distinct))))
-        n_cal = max(1, int(round(cal_frac * len(distinct))))
-        return distinct[-(n_test + n_cal)], distinct[-n_test]
-    values = times.to_numpy()
-    return (
-        np.quantile(values, 1 - cal_frac - test_frac, method="lower"),
-        np.quantile(values, 1 - test_frac, method="lower"),
-    )
-
-
-def time_split(
-    frame: pd.DataFrame,
-    time_col: str,
-    cal_frac: float,
-    test_frac: float,
-    bounds: tuple | None = None,
-) -> Split:
-    """Earliest rows train, the next slice calibrates, the latest tests; never a random split.
-    `bounds` (calibration start, test start) when they were chosen on more rows than `frame`."""
-    t_cal, t_test = (
-        bounds if bounds is not None else split_times(frame[time_col], cal_frac, test_frac)
-    )
-    t = frame[time_col]
-    return Split(
-        train=frame[t < t_cal].reset_index(drop=True),
-        calibration=frame[(t >= t_cal) & (t < t_test)].reset_index(drop=True),
-        test=frame[t >= t_test].reset_index(drop=True),
-    )
 
 
 def data_end(con: duckdb.DuckDBPyConnection) -> pd.Timestamp:
@@ -179,15 +122,11 @@ def contact_training_set(
     labels: LabelConfig,
     since: pd.Timestamp | None = None,
     max_rows: int | None = None,
-    split: SplitConfig | None = None,
 ) -> tuple[pd.DataFrame, TrainingSetReport]:
     """One row per outbound contact or holdout: ids, treatment, propensity, labels, features.
 
     `max_rows` bounds the rows (the features are the costly part): the most recent complete
-    contacts of each action, shared out equally (`most_recent_per_action`). With `split`, the
-    time split is chosen on every complete contact first and each slice gets its share of the
-    budget: chosen after the budget, the latest weeks (where the busiest actions' most recent
-    contacts all lie) would go to the test slice and leave those actions few rows to learn from.
+    contacts of each action, shared out equally (`most_recent_per_action`).
     """
     if labels.attribution_window_days > labels.purchase_horizon_days:
         raise ValueError("training.labels: attribution window must not exceed purchase horizon")
@@ -199,14 +138,9 @@ def contact_training_set(
     complete = rows[TS] + horizon < end
     dropped = int((wanted & ~complete).sum())
     rows = rows[wanted & complete].reset_index(drop=True)
-    unfeatured = bounds = None
+    unfeatured = None
     if max_rows is not None and len(rows) > max_rows:
-        if split is None:
-            kept = most_recent_per_action(rows, max_rows)
-        else:
-            cal, test = split.calibration_fraction, split.test_fraction
-            bounds = split_times(rows[TS], cal, test)
-            kept = most_recent_per_slice(rows, max_rows, bounds, (1 - cal - test, cal, test))
+        kept = most_recent_per_action(rows, max_rows)
         unfeatured = rows.loc[~kept, [EVENT_ID, TS, CHANNEL, ACTION_ID, TREATED, *LABELS]]
         rows = rows[kept].reset_index(drop=True)
     feats = engine.at(rows.rename(columns={TS: AS_OF})[[CUSTOMER_ID, AS_OF]])
@@ -218,25 +152,8 @@ def contact_training_set(
         last_as_of=rows[TS].max() if len(rows) else None,
         data_end=end,
         unfeatured=None if unfeatured is None else unfeatured.reset_index(drop=True),
-        split_times=bounds,
     )
     return out, report
-
-
-def most_recent_per_slice(
-    rows: pd.DataFrame, max_rows: int, bounds: tuple, shares: tuple[float, float, float]
-) -> np.ndarray:
-    """`most_recent_per_action` within each slice of the time split (train, calibration, test),
-    each slice given its share of `max_rows`."""
-    t = rows[TS]
-    t_cal, t_test = bounds
-    slices = [(t < t_cal), (t >= t_cal) & (t < t_test), (t >= t_test)]
-    kept = np.zeros(len(rows), dtype=bool)
-    for in_slice, share in zip(slices, shares, strict=True):
-        mask = in_slice.to_numpy()
-        if mask.any():
-            kept[mask] = most_recent_per_action(rows[mask], max(1, int(round(share * max_rows))))
-    return kept
 
 
 def most_recent_per_action(rows: pd.DataFrame, max_rows: int) -> np.ndarray:

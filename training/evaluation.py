@@ -20,12 +20,52 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 from features.contract import CHANNEL, CUSTOMER_ID
 from training import plots
 from training.bundle import ModelBundle
-from training.datasets import PURCHASED, RESPONDED, SPEND, TREATED, Split
+from training.datasets import PURCHASED, RESPONDED, SPEND, TREATED
 from training.metrics import classification_metrics, uplift_metrics
 from training.oracle import Truth, contact_oracle, purchase_oracle
 
 RF_SCORE = "all_purchase_decayed_90d"
 VALUE_HEURISTIC = "monetary_mean"
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    calibration: pd.DataFrame
+    test: pd.DataFrame
+
+    def describe(self, time_col: str) -> dict[str, str | int]:
+        out: dict[str, str | int] = {}
+        for name in ("train", "calibration", "test"):
+            part = getattr(self, name)
+            out[f"{name}_rows"] = len(part)
+            if len(part):
+                out[f"{name}_from"] = str(part[time_col].min())
+                out[f"{name}_to"] = str(part[time_col].max())
+        return out
+
+
+def time_split(frame: pd.DataFrame, time_col: str, cal_frac: float, test_frac: float) -> Split:
+    """Earliest rows train, the next slice calibrates, the latest tests; never a random split.
+
+    With few distinct times (monthly snapshots) whole snapshots go to one side each.
+    """
+    times = np.sort(frame[time_col].unique())
+    if len(times) < 3:
+        raise ValueError(f"need at least 3 distinct {time_col} values for a time split")
+    if len(times) <= 24:
+        n_test = max(1, int(round(test_frac * len(times))))
+        n_cal = max(1, int(round(cal_frac * len(times))))
+        t_cal, t_test = times[-(n_test + n_cal)], times[-n_test]
+    else:
+        t_cal = np.quantile(frame[time_col].to_numpy(), 1 - cal_frac - test_frac, method="lower")
+        t_test = np.quantile(frame[time_col].to_numpy(), 1 - test_frac, method="lower")
+    t = frame[time_col]
+    return Split(
+        train=frame[t < t_cal].reset_index(drop=True),
+        calibration=frame[(t >= t_cal) & (t < t_test)].reset_index(drop=True),
+        test=frame[t >= t_test].reset_index(drop=True),
+    )
 
 
 def _calibrated_heuristic(cal_score, cal_y, test_score) -> np.ndarray:

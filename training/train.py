@@ -32,18 +32,18 @@ from training.datasets import (
     RESPONDED,
     SPEND,
     TREATED,
-    Split,
     contact_training_set,
     snapshot_training_set,
-    time_split,
 )
 from training.evaluation import (
     FamilyReport,
+    Split,
     evaluate_purchase,
     evaluate_response,
     evaluate_uplift,
     evaluate_value,
     gate_score,
+    time_split,
 )
 from training.models import CalibratedClassifier, UpliftRLearner, ValueRegressor
 from training.oracle import load_truth
@@ -90,24 +90,19 @@ def build_training_data(
     columns: list[str] = []
     say("contacts training set (features as of each contact)")
     frame, report = contact_training_set(
-        con, engine, data_cfg, cfg.labels, max_rows=cfg.models.max_contact_rows, split=cfg.split
+        con, engine, data_cfg, cfg.labels, max_rows=cfg.models.max_contact_rows
     )
     if report.rows == 0:
         notes["contacts"] = "no outbound contacts with a complete label window"
     else:
         try:
             contacts = time_split(
-                frame,
-                TS,
-                cfg.split.calibration_fraction,
-                cfg.split.test_fraction,
-                bounds=report.split_times,
+                frame, TS, cfg.split.calibration_fraction, cfg.split.test_fraction
             )
             columns = customer_feature_columns(engine.fs, frame)
             if report.unfeatured is not None:
-                # the test slice stays unseen: only contacts before its start, which was chosen
-                # on every contact (its first featured row may come later)
-                before_test = report.unfeatured[TS] < report.split_times[1]
+                # the test slice stays unseen: only contacts before it
+                before_test = report.unfeatured[TS] < contacts.test[TS].min()
                 unfeatured = report.unfeatured[before_test].reset_index(drop=True)
         except ValueError as exc:
             notes["contacts"] = str(exc)

@@ -13,10 +13,7 @@ from training.config import LabelConfig
 from training.datasets import (
     contact_training_set,
     most_recent_per_action,
-    most_recent_per_slice,
     snapshot_training_set,
-    split_times,
-    time_split,
 )
 
 T = pd.Timestamp("2025-03-01 12:00", tz="UTC")
@@ -214,29 +211,3 @@ def test_contact_budget_keeps_each_actions_most_recent_rows_and_rare_actions_who
         20,
         20,
     ]
-
-
-def test_contact_budget_is_shared_within_each_slice_of_a_split_chosen_on_every_contact():
-    # a busy e-mail action sent every hour of the last 120 days, a rare one every 5 hours all year
-    busy = pd.date_range("2025-09-01", periods=120 * 24, freq="h", tz="UTC")
-    rare = pd.date_range("2025-01-01", periods=1750, freq="5h", tz="UTC")
-    rows = pd.DataFrame(
-        {
-            "ts": np.concatenate([busy, rare]),
-            "action_id": ["email_busy"] * len(busy) + ["dm_rare"] * len(rare),
-            "channel": ["email"] * len(busy) + ["direct_mail"] * len(rare),
-        }
-    )
-    rows = rows.sort_values("ts", kind="stable").reset_index(drop=True)
-    bounds = split_times(rows["ts"], 0.2, 0.2)
-    kept = most_recent_per_slice(rows, 600, bounds, (0.6, 0.2, 0.2))
-    split = time_split(rows[kept], "ts", 0.2, 0.2, bounds)
-    assert [len(split.train), len(split.calibration), len(split.test)] == [360, 120, 120]
-    for part in (split.train, split.calibration, split.test):
-        assert part["action_id"].value_counts().tolist() == [len(part) // 2] * 2
-    assert split.test["ts"].min() >= bounds[1] > split.calibration["ts"].max()
-    # chosen after the budget, the split gives the busy action's newest rows to the test slice
-    # and leaves it far fewer to train on
-    after = time_split(rows[most_recent_per_action(rows, 600)], "ts", 0.2, 0.2)
-    busy_train = (after.train["action_id"] == "email_busy").sum()
-    assert busy_train < 0.6 * 180  # 105 of the 360 train rows, against 180
