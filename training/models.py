@@ -502,8 +502,9 @@ class UpliftRLearner:
     def _keep_refined_levels(self, X: pd.DataFrame, Xe: pd.DataFrame) -> None:
         """Fitted on the feature rows only, the trees can move an action's mean effect back
         towards what those rows alone say (seen on a 200k-customer world: they took
-        email_discount's level from 0.0014 to 0.0005); a refined level is kept by taking the trees' mean over the key's rows off
-        its line, so the trees only spread the level between customers."""
+        email_discount's level from 0.0014 to 0.0005). A refined level is kept by taking the
+        trees' mean over the key's rows off its line: the trees only spread it between
+        customers."""
         trees = pd.Series(self.model_.predict(Xe))
         refined = set(self.level_refinement_["key"])
         shifts: dict[str, float] = {}
