@@ -293,6 +293,11 @@ def _r_loss_line(
     return float(a), float(b)
 
 
+def _keyed(grouped: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+    """Effect lines are keyed by str(key): group by the raw keys (fast), then name the groups."""
+    return grouped.set_axis(grouped.index.map(str))
+
+
 class UpliftRLearner:
     """Uplift by Robinson residualisation (R-learner), one model across channels.
 
@@ -462,11 +467,11 @@ class UpliftRLearner:
             feat = pd.DataFrame(
                 {"rtt": residual_t**2, "rtte": (residual_t * e) ** 2, "m": m, "tau": tau}
             ).groupby(values)
-            f_sum, f_mean = feat[["rtt", "rtte"]].sum(), feat[["m", "tau"]].mean()
+            f_sum, f_mean = (
+                _keyed(f) for f in (feat[["rtt", "rtte"]].sum(), feat[["m", "tau"]].mean())
+            )
             arms = pd.DataFrame({"k": values_more, "t": t_more, "y": y_more}).groupby(["k", "t"])
-            arm = arms["y"].agg(["mean", "var", "count"]).unstack("t")
-            # lines are keyed by str(key): group by the raw keys (fast), then name the groups
-            f_sum.index, f_mean.index, arm.index = (f.index.map(str) for f in (f_sum, f_mean, arm))
+            arm = _keyed(arms["y"].agg(["mean", "var", "count"]).unstack("t"))
             if not {("count", False), ("count", True)} <= set(arm.columns):
                 continue  # one arm only: no difference in means anywhere
             for key, (a, b) in list(lines.items()):
@@ -501,16 +506,15 @@ class UpliftRLearner:
 
     def _keep_refined_levels(self, X: pd.DataFrame, Xe: pd.DataFrame) -> None:
         """Fitted on the feature rows only, the trees can move an action's mean effect back
-        towards what those rows alone say (seen on a 200k-customer world: they took
-        email_discount's level from 0.0014 to 0.0005). A refined level is kept by taking the
-        trees' mean over the key's rows off its line: the trees only spread it between
-        customers."""
+        towards what those rows alone say (on a 200k-customer world whose busiest actions had
+        many feature rows, 37 trees took email_discount's level from 0.0014 to 0.0005). A
+        refined level is kept by taking the trees' mean over the key's rows off its line: the
+        trees only spread it between customers."""
         trees = pd.Series(self.model_.predict(Xe))
         refined = set(self.level_refinement_["key"])
         shifts: dict[str, float] = {}
         for lines, values in zip(self.effect_lines_, self._effect_keys(X), strict=True):
-            means = trees.groupby(values).mean()
-            means.index = means.index.map(str)
+            means = _keyed(trees.groupby(values).mean())
             for key in refined & set(lines) & set(means.index):
                 a, b = lines[key]
                 lines[key] = (a - float(means[key]), b)
