@@ -35,6 +35,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
@@ -272,6 +273,20 @@ def throughput(data_dir: DataDir, engine: BatchEngine, con, customers: int, seed
     print(f"  peak memory {mem.peak_gb:.2f} GB (features of {customers:,} customers included)")
 
 
+def paired_differences(table: pd.DataFrame, ours: str, baselines: list[str]) -> None:
+    """Prints ours minus each baseline, paired by world: the mean, its standard error and a 95%
+    t-interval, so "beats clearly" is judged against the spread between worlds."""
+    print(f"\n{ours} minus each baseline, paired by world (points of the oracle's profit):")
+    print(f"  {'baseline':44s} {'mean':>8s} {'SE':>8s} {'95% interval':>18s} {'wins':>6s}")
+    for name in baselines:
+        diff = 100 * (table[ours] - table[name])
+        se = diff.std(ddof=1) / np.sqrt(len(diff))
+        half = stats.t.ppf(0.975, len(diff) - 1) * se
+        interval = f"{diff.mean() - half:+.1f} to {diff.mean() + half:+.1f}"
+        wins = f"{int((diff > 0).sum())}/{len(diff)}"
+        print(f"  {name:44s} {diff.mean():+8.1f} {se:8.1f} {interval:>18s} {wins:>6s}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -308,6 +323,11 @@ def main() -> None:
         for name in table.columns:
             col = table[name]
             print(f"  {name:44s} {col.mean():8.1%} {col.min():8.1%} {col.max():8.1%}")
+        paired_differences(
+            table,
+            "(b) uplift policy (ours)",
+            ["(c) response-ranked policy", "(d) best single action"],
+        )
     if args.throughput_customers:
         throughput(data_dir, engine, con, args.throughput_customers, args.seed)
 
