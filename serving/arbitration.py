@@ -42,8 +42,9 @@ class ScoredActions:
 def candidate_frame(
     features: pd.DataFrame, columns: list[str], channel: str, action_id: str
 ) -> pd.DataFrame:
-    """The model input for one action: the customers' features plus the action's channel and id."""
-    frame = features[columns].copy()
+    """The model input for one action: the customers' features plus the action's channel and id
+    (copy-on-write: the caller's frame is not changed, and the features are not copied)."""
+    frame = features[columns]
     frame[CHANNEL] = channel
     frame[ACTION_ID] = action_id
     return frame
@@ -85,12 +86,13 @@ def score_actions(
 
     nan = np.full((n, k), np.nan)
     p_resp, p1, p0, value = nan.copy(), nan.copy(), nan.copy(), nan.copy()
+    customers = features[bundle.customer_features]  # the rows each action takes, not all columns
     for j, action in enumerate(catalogue.actions):
         rows = np.flatnonzero(allowed[:, j])
         if len(rows) == 0:
             continue
         frame = candidate_frame(
-            features.iloc[rows], bundle.customer_features, action.channel, action.id
+            customers.iloc[rows], bundle.customer_features, action.channel, action.id
         )
         response_model = bundle.response_model_for(action.channel)
         if response_model is not None:

@@ -194,7 +194,7 @@ class DecisionPolicy:
             {
                 "decision_id": [f"d-{run}-{i:08d}" for i in range(n)],
                 CUSTOMER_ID: features[CUSTOMER_ID].to_numpy(),
-                AS_OF: as_of_col.to_numpy(),
+                AS_OF: as_of_col.array,  # not to_numpy(): an object array of Timestamps
                 "action_id": ids[picked],
                 "channel": channels[picked],
                 "score": np.where(acted, s.score[rows, j], 0.0),
