@@ -80,8 +80,8 @@ class FrameEncoder:
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_columns(frame)
-        # built column by column into one new frame: float columns are passed through without a
-        # copy (the hot path when scoring millions of rows), others coerced once
+        # the frame LightGBM is fitted on (categoricals as pandas categories, which it detects);
+        # prediction reads `matrix` instead. Float columns pass through without a copy.
         out: dict[str, object] = {}
         for col in self.columns_:
             s = frame[col]
