@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -77,12 +78,17 @@ def local_hour(as_of: pd.Timestamp | pd.Series, n: int, offset_hours: float) -> 
     return ((ts.dt.hour + ts.dt.minute / 60).to_numpy() + offset_hours) % 24
 
 
-def _live(action_live_on, as_of: pd.Timestamp | pd.Series, n: int) -> np.ndarray:
+def _decision_days(as_of: pd.Timestamp | pd.Series, n: int) -> tuple[np.ndarray, list[date]]:
+    """(code per customer, the distinct decision days): a handful of days, not n dates."""
     ts = pd.to_datetime(as_of, utc=True)
     if isinstance(ts, pd.Timestamp):
-        return np.full(n, action_live_on(ts.date()))
-    codes, days = pd.factorize(ts.dt.normalize())  # a handful of distinct days, not n dates
-    return np.array([action_live_on(day.date()) for day in days], dtype=bool)[codes]
+        return np.zeros(n, dtype=np.int64), [ts.date()]
+    codes, days = pd.factorize(ts.dt.normalize())
+    return codes, [day.date() for day in days]
+
+
+def _column(features: pd.DataFrame, name: str) -> np.ndarray:
+    return features[name].to_numpy(dtype=float, na_value=np.nan)
 
 
 def eligibility(
@@ -97,30 +103,43 @@ def eligibility(
 
     `immediate`: the contact goes out now (a real-time request), so quiet hours apply to real-time
     channels; a batch campaign instead schedules the send outside them (see `send_hours`).
+    Each condition is computed once and shared by the actions it applies to.
     """
     check_columns(list(features.columns), catalogue, policy)
     n, k = len(features), len(catalogue.actions)
     realtime = {c.name for c in data.channels if c.realtime}
     quiet = policy.quiet_hours.is_quiet(local_hour(as_of, n, policy.quiet_hours.utc_offset_hours))
     with np.errstate(invalid="ignore"):  # NaN days since (never opted out) is not cooling down
-        cooling = features[COOLDOWN_COLUMN].to_numpy(dtype=float) < policy.cooldown_days
+        cooling = _column(features, COOLDOWN_COLUMN) < policy.cooldown_days
+    day_codes, days = _decision_days(as_of, n)
+    no_consent = {
+        channel: ~(_column(features, consent_column(channel)) > 0.5)
+        for channel in {a.channel for a in catalogue.actions}
+        if policy.require_consent
+    }
+    capped = [
+        (cap, np.nan_to_num(_column(features, cap_column(cap)), nan=0.0) + 1 > cap.max_contacts)
+        for cap in policy.caps
+    ]
+    failed_rule = {
+        rule.text: ~rule.evaluate(features) for a in catalogue.actions for rule in a.rules
+    }
 
     allowed = np.empty((n, k), dtype=bool)
     blocked = np.empty((n, k), dtype=object)
     for j, action in enumerate(catalogue.actions):
-        checks = [(~_live(action.live_on, as_of, n), NOT_LIVE)]
+        live = np.array([action.live_on(day) for day in days], dtype=bool)[day_codes]
+        checks = [(~live, NOT_LIVE)]
         if policy.require_consent:
-            consent = features[consent_column(action.channel)].to_numpy(dtype=float)
-            checks.append((~(consent > 0.5), NO_CONSENT))
+            checks.append((no_consent[action.channel], NO_CONSENT))
         checks.append((cooling, COOLDOWN))
         if immediate and action.channel in realtime:
             checks.append((quiet, QUIET))
-        for cap in policy.caps:
-            if cap.channel in (None, action.channel):
-                count = np.nan_to_num(features[cap_column(cap)].to_numpy(dtype=float), nan=0.0)
-                checks.append((count + 1 > cap.max_contacts, cap_reason(cap)))
-        checks += [(~rule.evaluate(features), f"rule: {rule.text}") for rule in action.rules]
-        masks = [np.asarray(m, dtype=bool) for m, _ in checks]
+        checks += [
+            (over, cap_reason(cap)) for cap, over in capped if cap.channel in (None, action.channel)
+        ]
+        checks += [(failed_rule[rule.text], f"rule: {rule.text}") for rule in action.rules]
+        masks = [m for m, _ in checks]
         allowed[:, j] = ~np.logical_or.reduce(masks)
         blocked[:, j] = np.select(masks, [r for _, r in checks], default="")  # first that fails
     return Eligibility(allowed, blocked)

@@ -15,7 +15,14 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from training.models import CalibratedClassifier, UpliftRLearner, UpliftSLearner, ValueRegressor
+from training.models import (
+    CalibratedClassifier,
+    FrameArrays,
+    UpliftRLearner,
+    UpliftSLearner,
+    ValueRegressor,
+    column_values,
+)
 
 CHANNEL_FEATURE = "channel"
 ACTION_FEATURE = "action_id"
@@ -50,17 +57,19 @@ class ModelBundle:
     skipped: dict[str, str] = field(default_factory=dict)
     response_choice: dict | None = None  # pooled vs per-channel log loss when measured
 
-    def _response(self, frame: pd.DataFrame) -> np.ndarray:
+    def response_probability(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
+        """P(response) per row (customer features + channel + action_id); NaN without a model."""
         if self.response is None:
-            return np.full(len(frame), np.nan)
+            return np.full(len(X), np.nan)
         if isinstance(self.response, dict):  # one model per channel
-            out = np.full(len(frame), np.nan)
+            out = np.full(len(X), np.nan)
+            channels = column_values(X, CHANNEL_FEATURE)
             for channel, model in self.response.items():
-                rows = (frame[CHANNEL_FEATURE] == channel).to_numpy()
-                if rows.any():
-                    out[rows] = model.predict_proba(frame.loc[rows])
+                rows = np.flatnonzero(channels == channel)
+                if len(rows):
+                    out[rows] = model.predict_proba(X.take(rows))
             return out
-        return self.response.predict_proba(frame)
+        return self.response.predict_proba(X)
 
     def response_model_for(self, channel: str) -> CalibratedClassifier | None:
         if isinstance(self.response, dict):
@@ -74,7 +83,7 @@ class ModelBundle:
         p1, p0 = self.uplift.predict_outcomes(frame) if self.uplift is not None else (nan, nan)
         return pd.DataFrame(
             {
-                "p_response": self._response(frame),
+                "p_response": self.response_probability(frame),
                 "p_purchase": self.purchase.predict_proba(frame) if self.purchase else nan,
                 "expected_value": self.value.predict(frame) if self.value else nan,
                 "p_purchase_treated": p1,

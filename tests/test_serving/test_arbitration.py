@@ -56,6 +56,22 @@ def test_free_contacts_with_positive_uplift_are_taken_and_scores_add_up(trained_
     assert np.allclose(t.loc[~nothing, "score"], best[~nothing])
 
 
+def test_one_customer_at_a_time_scores_as_the_whole_batch(trained_world, monkeypatch):
+    """A real-time request and a batch run give a customer the same candidates and numbers,
+    whatever chunk of the batch the customer's pairs were scored in."""
+    from serving import arbitration
+
+    monkeypatch.setattr(arbitration, "CUSTOMERS_PER_CHUNK", 7)  # chunk edges inside 40 rows
+    features = trained_world.features.head(40)
+    policy = _policy(trained_world)
+    batch = policy.decide(features, reasons=False).scored
+    assert np.isfinite(batch.score).sum() > 40  # several candidates per customer
+    for i in range(len(features)):
+        one = policy.decide(features.iloc[[i]], reasons=False).scored
+        for name in ("score", "p_response", "p_treated", "p_control", "value"):
+            np.testing.assert_array_equal(getattr(one, name)[0], getattr(batch, name)[i])
+
+
 def test_response_scoring_ranks_by_response_probability(trained_world):
     policy = _policy(trained_world, scoring="response")
     t = policy.decide(trained_world.features, reasons=False).table

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.models import FrameEncoder
+from training.models import FrameArrays, FrameEncoder
 
 
 def test_encoder_codes_categories_as_at_fit_and_unseen_values_as_missing():
@@ -64,6 +64,17 @@ def test_models_predict_from_the_matrix_as_lightgbm_does_from_the_frame(rows):
         clf.contributions(later).to_numpy(), clf.model_.predict(coded, pred_contrib=True)
     )
     np.testing.assert_array_equal(reg.predict(later), np.clip(reg.model_.predict(coded), 0, None))
+    # the same rows read once into arrays, taken in another order, as scoring takes its pairs
+    order = np.arange(rows)[::-1]
+    arrays = FrameArrays.of(later).take(order)
+    expected = clf.calibrator_.predict_proba(coded.iloc[order])[:, 1]
+    np.testing.assert_array_equal(clf.predict_proba(arrays), expected)
+    np.testing.assert_array_equal(reg.predict(arrays), reg.predict(later)[order])
+    # a column replaced in the arrays is read as the frame with that column replaced
+    gold = arrays.with_columns({"tier": "gold"})
+    np.testing.assert_array_equal(
+        clf.predict_proba(gold), clf.predict_proba(later.iloc[order].assign(tier="gold"))
+    )
 
 
 def test_encoder_turns_dates_into_days_not_categories():
