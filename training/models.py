@@ -73,6 +73,9 @@ class FrameArrays:
     floats: np.ndarray  # rows x float columns, column-major
     float_position: dict[str, int]
     others: dict[str, np.ndarray]
+    # matrices already built from these arrays, by encoder: a bundle's response, baseline and
+    # effect models are usually fitted on the same columns and levels and share one
+    matrices: list[tuple[FrameEncoder, np.ndarray]] = field(default_factory=list, repr=False)
 
     @classmethod
     def of(cls, frame: pd.DataFrame, columns: list[str] | None = None) -> FrameArrays:
@@ -101,10 +104,15 @@ class FrameArrays:
         return self.others[name]
 
     def take(self, rows: np.ndarray) -> FrameArrays:
+        """These rows (positions, repeats allowed), as a decision's pairs take their customers."""
+        if len(rows) <= FEW_ROWS:
+            floats = np.asfortranarray(self.floats[rows])
+        else:  # a gather per column keeps the layout; reordering a taken block is 4x slower
+            floats = np.empty((len(rows), self.floats.shape[1]), order="F")
+            for j in range(self.floats.shape[1]):
+                floats[:, j] = self.floats[rows, j]
         return FrameArrays(
-            np.asfortranarray(self.floats[rows]),
-            self.float_position,
-            {c: v[rows] for c, v in self.others.items()},
+            floats, self.float_position, {c: v[rows] for c, v in self.others.items()}
         )
 
     def with_columns(self, values: dict[str, np.ndarray | object]) -> FrameArrays:
@@ -175,6 +183,9 @@ class FrameEncoder:
         self._check_columns(X.columns)
         if isinstance(X, pd.DataFrame):
             X = FrameArrays.of(X, self.columns_)
+        for encoder, built in X.matrices:
+            if encoder == self:
+                return built
         # column-major: each column is one contiguous copy, and LightGBM reads a Fortran-ordered
         # matrix without copying it again
         out = np.empty((len(X), len(self.columns_)), order="F")
@@ -195,6 +206,8 @@ class FrameEncoder:
                 out[:, j] = np.where(codes >= 0, codes, np.nan)
             elif col not in X.float_position:
                 out[:, j] = _numeric(pd.Series(X.column(col)))
+        out.flags.writeable = False  # shared by every model with this encoder
+        X.matrices.append((self, out))
         return out
 
     def _check_columns(self, columns) -> None:
