@@ -23,7 +23,8 @@ truth table: margin x (true P(buy | contacted) - true P(buy | not)) x true order
   (f) do nothing
 
 Throughput: the vectorised policy (rules, scoring with every model, choice) on N customers drawn
-from the world's feature table, without and with reasons.
+from the world's feature table, without and with reasons. Latency: 200 of them decided one at a
+time, as real-time requests, beside LightGBM's own prediction of the same candidates.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
 from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID, DataDir
+from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.event_store import open_store
 from serving.arbitration import ScoredActions
@@ -51,8 +52,10 @@ from serving.policy import DecisionPolicy, load_policy
 from training import registry
 from training.config import TrainingConfig
 from training.datasets import data_end
-from training.models import FrameEncoder
+from training.models import FrameArrays, FrameEncoder
 from training.train import train
+
+LATENCY_CUSTOMERS = 200
 
 
 def primary_fragments(con, truth_dir: Path) -> pd.DataFrame:
@@ -271,6 +274,48 @@ def throughput(data_dir: DataDir, engine: BatchEngine, con, customers: int, seed
         f"{len(sample) / (t3 - t2):,.0f} decisions/s"
     )
     print(f"  peak memory {mem.peak_gb:.2f} GB (features of {customers:,} customers included)")
+    latency(policy, feats, LATENCY_CUSTOMERS, seed)
+
+
+def latency(policy: DecisionPolicy, feats: pd.DataFrame, customers: int, seed: int) -> None:
+    """One customer per call, as a real-time request (quiet hours apply): median and p95 of a
+    decision, beside LightGBM's own predictions for the same customer's candidates (every model
+    the decision calls, from matrices built beforehand): the floor for a decision in Python."""
+    b = policy.bundle
+    models = [getattr(b.uplift, "baseline_", None), b.uplift, b.value]
+    models = [m for m in (b.response, *models) if hasattr(m, "encoder_")]  # one pooled model each
+    sample = feats.sample(customers, random_state=seed)
+    times: dict[str, list[float]] = {"no reasons": [], "with reasons": [], "LightGBM alone": []}
+    for i in range(len(sample)):
+        row = sample.iloc[[i]]
+        t0 = time.perf_counter()
+        decided = policy.decide(row, immediate=True, reasons=False)
+        t1 = time.perf_counter()
+        policy.decide(row, immediate=True)
+        t2 = time.perf_counter()
+        allowed = np.flatnonzero(decided.eligibility.allowed[0])
+        customer = FrameArrays.of(row, b.customer_features)
+        pairs = customer.take(np.zeros(len(allowed), dtype=np.int64)).with_columns(
+            {
+                CHANNEL: np.array(decided.scored.channels, dtype=object)[allowed],
+                ACTION_ID: np.array(decided.scored.action_ids, dtype=object)[allowed],
+            }
+        )
+        inputs = [
+            (m.model_.booster_, m.encoder_.matrix(customer if m is b.value else pairs))
+            for m in (models if len(allowed) else [])  # nothing allowed: no model is called
+        ]
+        t3 = time.perf_counter()
+        for booster, matrix in inputs:
+            booster.predict(matrix)
+        t4 = time.perf_counter()
+        for name, seconds in zip(times, (t1 - t0, t2 - t1, t4 - t3), strict=True):
+            times[name].append(1000 * seconds)
+    print(f"\none customer per request ({customers} customers, each decided alone, real time):")
+    for name, ms in times.items():
+        print(f"  {name:16s} median {np.median(ms):7.2f} ms, p95 {np.percentile(ms, 95):7.2f} ms")
+    ratio = np.median(times["no reasons"]) / np.median(times["LightGBM alone"])
+    print(f"  a decision takes {ratio:.0f}x LightGBM's own prediction of its candidates (medians)")
 
 
 def paired_differences(table: pd.DataFrame, ours: str, baselines: list[str]) -> None:

@@ -9,6 +9,7 @@ before the first decision, so a typo fails loudly instead of silently excluding 
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class Rule:
     missing_passes: bool
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # a Rule is immutable; every decision reads them
     def parse(text: str) -> Rule:
         m = _RULE.match(text)
         if m is None:
@@ -76,10 +78,14 @@ class Rule:
     def evaluate(self, frame: pd.DataFrame) -> np.ndarray:
         """Boolean per row: does the customer satisfy the rule."""
         column = frame[self.feature]
-        missing = column.isna().to_numpy()
-        if isinstance(self.value, str):
+        if column.dtype == np.float64 and not isinstance(self.value, str):
+            values = column.to_numpy()  # most features: no conversion, one call
+            missing = np.isnan(values)
+        elif isinstance(self.value, str):
+            missing = column.isna().to_numpy()
             values = column.astype("string").fillna("").to_numpy(dtype=object)
         else:
+            missing = column.isna().to_numpy()
             values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
             ok = np.asarray(_OPS[self.op](values, self.value), dtype=bool)

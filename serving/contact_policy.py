@@ -75,16 +75,18 @@ def local_hour(as_of: pd.Timestamp | pd.Series, n: int, offset_hours: float) -> 
     ts = pd.to_datetime(as_of, utc=True)
     if isinstance(ts, pd.Timestamp):
         return np.full(n, (ts.hour + ts.minute / 60 + offset_hours) % 24)
-    return ((ts.dt.hour + ts.dt.minute / 60).to_numpy() + offset_hours) % 24
+    minute = ts.to_numpy(dtype="datetime64[m]")  # UTC; numpy, not the .dt accessor: 100x faster
+    hours = (minute - minute.astype("datetime64[D]")) / np.timedelta64(1, "h")
+    return (hours + offset_hours) % 24
 
 
-def _decision_days(as_of: pd.Timestamp | pd.Series, n: int) -> tuple[np.ndarray, list[date]]:
-    """(code per customer, the distinct decision days): a handful of days, not n dates."""
-    ts = pd.to_datetime(as_of, utc=True)
+def _decision_days(ts: pd.Timestamp | pd.Series, n: int) -> tuple[np.ndarray, list[date]]:
+    """(code per customer, the distinct decision days of UTC times `ts`): a handful of days,
+    not n dates."""
     if isinstance(ts, pd.Timestamp):
         return np.zeros(n, dtype=np.int64), [ts.date()]
-    codes, days = pd.factorize(ts.dt.normalize())
-    return codes, [day.date() for day in days]
+    days, codes = np.unique(ts.to_numpy(dtype="datetime64[D]"), return_inverse=True)
+    return codes, list(days.astype(object))  # datetime.date
 
 
 def _column(features: pd.DataFrame, name: str) -> np.ndarray:
@@ -108,6 +110,7 @@ def eligibility(
     check_columns(list(features.columns), catalogue, policy)
     n, k = len(features), len(catalogue.actions)
     realtime = {c.name for c in data.channels if c.realtime}
+    as_of = pd.to_datetime(as_of, utc=True)
     quiet = policy.quiet_hours.is_quiet(local_hour(as_of, n, policy.quiet_hours.utc_offset_hours))
     with np.errstate(invalid="ignore"):  # NaN days since (never opted out) is not cooling down
         cooling = _column(features, COOLDOWN_COLUMN) < policy.cooldown_days

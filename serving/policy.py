@@ -224,8 +224,9 @@ class DecisionPolicy:
         k = self.cfg.reasons
         texts = np.full((len(table), k), "", dtype=object)
         model = np.full(len(table), "", dtype=object)
+        chosen = table["action_id"].to_numpy()
         for action in self.catalogue.actions:
-            rows = np.flatnonzero((table["action_id"] == action.id).to_numpy())
+            rows = np.flatnonzero(chosen == action.id)
             if len(rows) == 0:
                 continue
             found, which = explain(
@@ -240,7 +241,7 @@ class DecisionPolicy:
             for r, reasons in zip(rows, found, strict=True):
                 texts[r, : len(reasons)] = [x.text for x in reasons]
             model[rows] = which
-        nothing = np.flatnonzero((table["action_id"] == NOTHING).to_numpy())
+        nothing = np.flatnonzero(chosen == NOTHING)
         none_eligible = table["eligible_actions"].to_numpy()[nothing] == 0
         texts[nothing[none_eligible], 0] = "no action is allowed now (consent, caps or rules)"
         texts[nothing[~none_eligible], 0] = (

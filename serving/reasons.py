@@ -16,8 +16,8 @@ import pandas as pd
 
 from features.config import DataConfig
 from features.contract import ACTION_ID, CHANNEL
-from serving.arbitration import candidate_frame
 from training.bundle import ModelBundle
+from training.models import FrameArrays, column_values
 
 _DOW = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 _CHANNEL_WORDS = {
@@ -154,7 +154,7 @@ class FeatureWords:
 
 
 def deciding_contributions(
-    bundle: ModelBundle, scoring: str, frame: pd.DataFrame, channel: str
+    bundle: ModelBundle, scoring: str, frame: pd.DataFrame | FrameArrays, channel: str
 ) -> tuple[pd.DataFrame, str]:
     """Contributions of the model behind the score, for rows of one action; and which model."""
     if scoring == "uplift" and hasattr(bundle.uplift, "contributions"):
@@ -166,7 +166,7 @@ def deciding_contributions(
 
 
 def top_reasons(
-    contributions: pd.DataFrame, inputs: pd.DataFrame, words: FeatureWords, k: int
+    contributions: pd.DataFrame, inputs: pd.DataFrame | FrameArrays, words: FeatureWords, k: int
 ) -> list[list[Reason]]:
     """The k largest |contributions| of each row, as sentences.
 
@@ -178,10 +178,11 @@ def top_reasons(
     k = min(k, values.shape[1])
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
     names = np.asarray(contrib.columns)
+    present = set(inputs.columns)
     columns = {  # only the columns some row's reasons name
-        names[j]: inputs[names[j]].to_numpy(dtype=object)
+        names[j]: column_values(inputs, names[j]).astype(object)
         for j in np.unique(order)
-        if names[j] in inputs.columns
+        if names[j] in present
     }
     out: list[list[Reason]] = []
     for i in range(len(values)):
@@ -206,9 +207,10 @@ def explain(
     k: int,
 ) -> tuple[list[list[Reason]], str]:
     """Top-k reasons for giving `action_id` to each customer of `features`."""
-    frame = candidate_frame(features, bundle.customer_features, channel, action_id)
-    contributions, model = deciding_contributions(bundle, scoring, frame, channel)
-    return top_reasons(contributions, frame, words, k), model
+    pairs = FrameArrays.of(features, bundle.customer_features)
+    pairs = pairs.with_columns({CHANNEL: channel, ACTION_ID: action_id})
+    contributions, model = deciding_contributions(bundle, scoring, pairs, channel)
+    return top_reasons(contributions, pairs, words, k), model
 
 
 def _plain(v):

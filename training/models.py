@@ -72,7 +72,7 @@ class FrameArrays:
 
     floats: np.ndarray  # rows x float columns, column-major
     float_position: dict[str, int]
-    others: dict[str, np.ndarray]
+    others: dict[str, np.ndarray | pd.api.extensions.ExtensionArray]
     # matrices already built from these arrays, by encoder: a bundle's response, baseline and
     # effect models are usually fitted on the same columns and levels and share one
     matrices: list[tuple[FrameEncoder, np.ndarray]] = field(default_factory=list, repr=False)
@@ -128,16 +128,22 @@ class FrameArrays:
         return FrameArrays(floats, position, others)
 
 
-def _raw(s: pd.Series) -> np.ndarray:
-    """A non-float column as numpy: dates as days (their only use), the rest as they are."""
+def _raw(s: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """A non-float column as an array: dates keep their time zone (a reason shows the date;
+    numpy would hold each as a Timestamp object), the rest as numpy."""
     if pd.api.types.is_datetime64_any_dtype(s):
-        return _numeric(s)
+        return s.array
     return s.to_numpy()
 
 
 def column_values(X: pd.DataFrame | FrameArrays, name: str) -> np.ndarray:
     """One column of a frame or of its arrays, as numpy."""
     return X.column(name) if isinstance(X, FrameArrays) else X[name].to_numpy()
+
+
+def _index(X: pd.DataFrame | FrameArrays) -> pd.Index | None:
+    """A frame's row labels; arrays have positions only."""
+    return X.index if isinstance(X, pd.DataFrame) else None
 
 
 @dataclass
@@ -221,8 +227,9 @@ def _numeric(s: pd.Series) -> np.ndarray:
     """A non-categorical column as float64; a date is a number to a tree (days since 1970), not
     thousands of categories."""
     if pd.api.types.is_datetime64_any_dtype(s):
-        since_epoch = pd.to_datetime(s, utc=True) - pd.Timestamp(0, tz="UTC")
-        return (since_epoch / pd.Timedelta(days=1)).to_numpy(dtype=float)
+        # UTC instants in the column's own unit (a naive date is taken as UTC); NaT gives NaN
+        utc = s.to_numpy(dtype=f"datetime64[{s.array.unit}]")
+        return (utc - np.datetime64(0, "s")) / np.timedelta64(1, "D")
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
 
 
@@ -299,10 +306,10 @@ class CalibratedClassifier:
         fitted = self.calibrator_.calibrated_classifiers_
         return np.mean([c.calibrators[0].predict(raw) for c in fitted], axis=0)
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame | FrameArrays) -> pd.DataFrame:
         """Per-feature contributions to the raw score (log-odds), plus `bias` (LightGBM SHAP)."""
         raw = self.model_.booster_.predict(self.encoder_.matrix(X), pred_contrib=True)
-        return pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=X.index)
+        return pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=_index(X))
 
     def feature_importance(self) -> pd.Series:
         gain = self.model_.booster_.feature_importance(importance_type="gain")
@@ -731,13 +738,12 @@ class UpliftRLearner:
         p0 = np.clip(m - self._treated_share(X) * tau, 0.0, 1.0)
         return np.clip(p0 + tau, 0.0, 1.0), p0
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame | FrameArrays) -> pd.DataFrame:
         """Per-feature contributions to tau(x) in probability points, plus `bias` (the mean
         effect): why a contact would change this customer's purchase probability."""
         raw = self.model_.booster_.predict(self.encoder_.matrix(X), pred_contrib=True)
-        out = pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=X.index)
-        out["bias"] += self._action_effect(X)
-        return out
+        raw[:, -1] += self._action_effect(X)
+        return pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=_index(X))
 
     def feature_importance(self) -> pd.Series:
         gain = self.model_.booster_.feature_importance(importance_type="gain")
