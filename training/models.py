@@ -81,6 +81,9 @@ class FrameArrays:
     def of(cls, frame: pd.DataFrame, columns: list[str] | None = None) -> FrameArrays:
         columns = list(frame.columns) if columns is None else columns
         kinds = dict(zip(frame.columns, frame.dtypes, strict=True))
+        missing = [c for c in columns if c not in kinds]
+        if missing:
+            raise ValueError(f"input lacks the model's columns {missing[:10]}")
         floats = [c for c in columns if kinds[c] == np.float64]
         others = {c: _raw(frame[c]) for c in columns if kinds[c] != np.float64}
         block = np.empty((len(frame), len(floats)), order="F")
@@ -184,7 +187,8 @@ class FrameEncoder:
         categoricals as codes of the fitted levels (NaN if missing or unseen), dates as days.
 
         Prediction goes from here straight to the booster: LightGBM's and scikit-learn's
-        handling of a frame cost about 100 times the prediction itself for one customer.
+        handling of a frame cost about 100 times the prediction itself for one customer. From
+        arrays, the matrix is built once and kept there for every model with an equal encoder.
         """
         self._check_columns(X.columns)
         if isinstance(X, pd.DataFrame):

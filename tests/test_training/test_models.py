@@ -77,6 +77,15 @@ def test_models_predict_from_the_matrix_as_lightgbm_does_from_the_frame(rows):
     )
 
 
+def test_a_missing_model_column_is_named():
+    enc = FrameEncoder().fit(pd.DataFrame({"tier": ["gold"], "n": [1.0]}))
+    for later in (pd.DataFrame({"n": [2.0]}), FrameArrays.of(pd.DataFrame({"n": [2.0]}))):
+        with pytest.raises(ValueError, match="lacks the model's columns \\['tier'\\]"):
+            enc.matrix(later)
+    with pytest.raises(ValueError, match="lacks the model's columns \\['tier'\\]"):
+        FrameArrays.of(pd.DataFrame({"n": [2.0]}), ["n", "tier"])
+
+
 def test_encoder_turns_dates_into_days_not_categories():
     dates = pd.to_datetime(["2020-01-01", "2020-01-11", None])
     enc = FrameEncoder().fit(pd.DataFrame({"signup": dates}))
