@@ -9,6 +9,7 @@ whether it pushed the estimate up (+) or down (-).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,37 @@ _RESPONSE_WORDS = {
     "view": "viewed",
 }
 
+# feature-name shapes, compiled once: a batch's reasons describe a hundred thousand names
+_CHANNEL_DECAYED = re.compile(r"(contact|response|engagement|purchase|spend)_decayed_(\w+)")
+_CHANNEL_COUNT = re.compile(r"contact_count_(\d+)d")
+_CHANNEL_DAYS_SINCE = re.compile(r"(\w+)_days_since")
+_ALL_DECAYED = re.compile(r"all_(purchase|spend)_decayed_(\w+)")
+_ALL_COUNT = re.compile(r"all_contact_count_(\d+)d")
+_CATEGORY_SHARE = re.compile(r"category_(\w+)_share")
+_CATEGORY_DECAYED = re.compile(r"category_(\w+)_decayed_(\w+)")
+
+# sentences for named overall features, by value; and when the value is missing
+_NAMED: dict[str, Callable[[float], str]] = {
+    "all_purchase_days_since": lambda v: f"last purchase {_n(v)} days ago",
+    "all_engagement_days_since": lambda v: f"last engagement {_n(v)} days ago",
+    "all_negative_days_since": lambda v: f"last unsubscribe or complaint {_n(v)} days ago",
+    "all_purchase_count": lambda v: f"{_n(v)} purchases in all",
+    "all_spend_sum": lambda v: f"spent {v:,.0f} in all",
+    "monetary_mean": lambda v: f"average order {v:,.0f}",
+    "inter_purchase_days": lambda v: f"buys every {_n(v)} days on average",
+    "tenure_days": lambda v: f"customer for {_n(v)} days",
+    "online_purchase_share": lambda v: f"{v:.0%} of purchases online",
+    "preferred_hour": lambda v: f"most active around {int(v):02d}:00",
+    "preferred_dow": lambda v: f"most active on {_DOW[int(v) % 7]}s",
+}
+_NAMED_MISSING = {
+    "all_purchase_days_since": "has never bought",
+    "all_engagement_days_since": "has never engaged",
+    "all_negative_days_since": "has never unsubscribed or complained",
+    "inter_purchase_days": "fewer than two purchases",
+    "monetary_mean": "no purchases yet",
+}
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -61,12 +93,14 @@ class FeatureWords:
     def __init__(self, data: DataConfig) -> None:
         self.channels = sorted((c.name for c in data.channels), key=len, reverse=True)
         self.response = {c.name: c.response for c in data.channels if c.response}
+        self._splits: dict[str, tuple[str | None, str]] = {}
 
     def _split(self, name: str) -> tuple[str | None, str]:
-        for c in self.channels:
-            if name.startswith(c + "_"):
-                return c, name[len(c) + 1 :]
-        return None, name
+        """(channel, the rest) of a channel's feature name, else (None, name); kept per name."""
+        if name not in self._splits:
+            channel = next((c for c in self.channels if name.startswith(c + "_")), None)
+            self._splits[name] = (channel, name[len(channel) + 1 :] if channel else name)
+        return self._splits[name]
 
     def describe(self, name: str, value) -> str:
         if isinstance(value, float) and np.isnan(value):
@@ -88,7 +122,7 @@ class FeatureWords:
 
     def _channel_phrase(self, ch: str, rest: str, v: float) -> str | None:
         c = _ch(ch)
-        if m := re.fullmatch(r"(contact|response|engagement|purchase|spend)_decayed_(\w+)", rest):
+        if m := _CHANNEL_DECAYED.fullmatch(rest):
             what, tag = m.groups()
             span = f"(weighted, {tag} half-life)"
             if what == "contact":
@@ -101,9 +135,9 @@ class FeatureWords:
             if what == "purchase":
                 return f"about {_n(v)} purchases on {c} recently {span}"
             return f"spent about {v:,.0f} on {c} recently {span}"
-        if m := re.fullmatch(r"contact_count_(\d+)d", rest):
+        if m := _CHANNEL_COUNT.fullmatch(rest):
             return f"{_n(v)} {c} contacts in the last {m.group(1)} days"
-        if m := re.fullmatch(r"(\w+)_days_since", rest):
+        if m := _CHANNEL_DAYS_SINCE.fullmatch(rest):
             return f"last {c} {m.group(1).replace('_', ' ')} {_n(v)} days ago"
         if rest == "response_rate":
             return f"responds to {v:.0%} of {c} contacts (smoothed)"
@@ -113,41 +147,21 @@ class FeatureWords:
 
     def _overall_phrase(self, name: str, v) -> str:
         if v is None:
-            named = {
-                "all_purchase_days_since": "has never bought",
-                "all_engagement_days_since": "has never engaged",
-                "all_negative_days_since": "has never unsubscribed or complained",
-                "inter_purchase_days": "fewer than two purchases",
-                "monetary_mean": "no purchases yet",
-            }
-            return named.get(name, f"{name.replace('_', ' ')}: unknown")
+            return _NAMED_MISSING.get(name, f"{name.replace('_', ' ')}: unknown")
         v = float(v)
-        if m := re.fullmatch(r"all_(purchase|spend)_decayed_(\w+)", name):
+        if m := _ALL_DECAYED.fullmatch(name):
             what, tag = m.groups()
             if what == "purchase":
                 return f"about {_n(v)} purchases recently (weighted, {tag} half-life)"
             return f"spent about {v:,.0f} recently (weighted, {tag} half-life)"
-        if m := re.fullmatch(r"all_contact_count_(\d+)d", name):
+        if m := _ALL_COUNT.fullmatch(name):
             return f"{_n(v)} contacts on all channels in the last {m.group(1)} days"
-        if m := re.fullmatch(r"category_(\w+)_share", name):
+        if m := _CATEGORY_SHARE.fullmatch(name):
             return f"{v:.0%} of purchases and views in {m.group(1)}"
-        if m := re.fullmatch(r"category_(\w+)_decayed_(\w+)", name):
+        if m := _CATEGORY_DECAYED.fullmatch(name):
             return f"about {_n(v)} recent purchases or views in {m.group(1)}"
-        named = {
-            "all_purchase_days_since": f"last purchase {_n(v)} days ago",
-            "all_engagement_days_since": f"last engagement {_n(v)} days ago",
-            "all_negative_days_since": f"last unsubscribe or complaint {_n(v)} days ago",
-            "all_purchase_count": f"{_n(v)} purchases in all",
-            "all_spend_sum": f"spent {v:,.0f} in all",
-            "monetary_mean": f"average order {v:,.0f}",
-            "inter_purchase_days": f"buys every {_n(v)} days on average",
-            "tenure_days": f"customer for {_n(v)} days",
-            "online_purchase_share": f"{v:.0%} of purchases online",
-            "preferred_hour": f"most active around {int(v):02d}:00",
-            "preferred_dow": f"most active on {_DOW[int(v) % 7]}s",
-        }
-        if name in named:
-            return named[name]
+        if name in _NAMED:
+            return _NAMED[name](v)
         if name.startswith("offline_purchase_decayed_"):
             return f"about {_n(v)} store purchases recently"
         return f"{name.replace('_', ' ')}: {_n(v)}"
