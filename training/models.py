@@ -73,6 +73,9 @@ class FrameArrays:
     floats: np.ndarray  # rows x float columns, column-major
     float_position: dict[str, int]
     others: dict[str, np.ndarray | pd.api.extensions.ExtensionArray]
+    # the rows of `floats` these arrays hold, if taken: the encoder gathers them straight into
+    # its matrix, instead of a copy of the taken rows first (a decision's pairs repeat rows)
+    rows: np.ndarray | None = None
     # matrices already built from these arrays, by encoder: a bundle's response, baseline and
     # effect models are usually fitted on the same columns and levels and share one
     matrices: list[tuple[FrameEncoder, np.ndarray]] = field(default_factory=list, repr=False)
@@ -95,7 +98,7 @@ class FrameArrays:
         return cls(block, {c: j for j, c in enumerate(floats)}, others)
 
     def __len__(self) -> int:
-        return self.floats.shape[0]
+        return self.floats.shape[0] if self.rows is None else len(self.rows)
 
     @property
     def columns(self) -> list[str]:
@@ -103,20 +106,15 @@ class FrameArrays:
 
     def column(self, name: str) -> np.ndarray:
         if name in self.float_position:
-            return self.floats[:, self.float_position[name]]
+            values = self.floats[:, self.float_position[name]]
+            return values if self.rows is None else values[self.rows]
         return self.others[name]
 
     def take(self, rows: np.ndarray) -> FrameArrays:
         """These rows (positions, repeats allowed), as a decision's pairs take their customers."""
-        if len(rows) <= FEW_ROWS:
-            floats = np.asfortranarray(self.floats[rows])
-        else:  # a gather per column keeps the layout; reordering a taken block is 4x slower
-            floats = np.empty((len(rows), self.floats.shape[1]), order="F")
-            for j in range(self.floats.shape[1]):
-                floats[:, j] = self.floats[rows, j]
-        return FrameArrays(
-            floats, self.float_position, {c: v[rows] for c, v in self.others.items()}
-        )
+        taken = rows if self.rows is None else self.rows[rows]
+        others = {c: v[rows] for c, v in self.others.items()}
+        return FrameArrays(self.floats, self.float_position, others, taken)
 
     def with_columns(self, values: dict[str, np.ndarray | object]) -> FrameArrays:
         """These arrays with columns added or replaced (a scalar fills every row)."""
@@ -128,7 +126,7 @@ class FrameArrays:
         others = dict(self.others)
         for name, v in values.items():
             others[name] = np.broadcast_to(np.asarray(v), (len(self),))
-        return FrameArrays(floats, position, others)
+        return FrameArrays(floats, position, others, self.rows)
 
 
 def _raw(s: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
@@ -204,12 +202,13 @@ class FrameEncoder:
             for j, c in enumerate(self.columns_)
             if c in X.float_position and c not in self.categories_
         ]
+        rows = slice(None) if X.rows is None else X.rows
         if len(X) <= FEW_ROWS:
             into, source = np.array(plain, dtype=np.int64).reshape(-1, 2).T
-            out[:, into] = X.floats[:, source]
-        else:  # contiguous column copies: a scattered one is several times slower on many rows
+            out[:, into] = X.floats[rows][:, source]
+        else:  # column by column: a scattered block copy is several times slower on many rows
             for j, source in plain:
-                out[:, j] = X.floats[:, source]
+                out[:, j] = X.floats[rows, source]
         for j, col in enumerate(self.columns_):
             if col in self.categories_:
                 codes = _level_codes(X.column(col), self.categories_[col])
