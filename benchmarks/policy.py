@@ -283,7 +283,8 @@ def latency(policy: DecisionPolicy, feats: pd.DataFrame, customers: int, seed: i
     the decision calls, from matrices built beforehand): the floor for a decision in Python."""
     b = policy.bundle
     models = [getattr(b.uplift, "baseline_", None), b.uplift, b.value]
-    models = [m for m in (b.response, *models) if hasattr(m, "encoder_")]  # one pooled model each
+    # the models with one booster each (a per-channel response dict is left out)
+    models = [m for m in (b.response, *models) if hasattr(m, "encoder_")]
     sample = feats.sample(customers, random_state=seed)
     times: dict[str, list[float]] = {"no reasons": [], "with reasons": [], "LightGBM alone": []}
     for i in range(len(sample)):

@@ -70,9 +70,9 @@ class Eligibility:
     blocked: np.ndarray
 
 
-def local_hour(as_of: pd.Timestamp | pd.Series, n: int, offset_hours: float) -> np.ndarray:
-    """Fractional hour of the customers' local day at UTC time(s) `as_of`, one per customer."""
-    ts = pd.to_datetime(as_of, utc=True)
+def local_hour(ts: pd.Timestamp | pd.Series, n: int, offset_hours: float) -> np.ndarray:
+    """Fractional hour of the customers' local day at UTC time(s) `ts` (converted by the
+    caller, once per decision), one per customer."""
     if isinstance(ts, pd.Timestamp):
         return np.full(n, (ts.hour + ts.minute / 60 + offset_hours) % 24)
     minute = ts.to_numpy(dtype="datetime64[m]")  # UTC; numpy, not the .dt accessor: 100x faster

@@ -84,9 +84,7 @@ class FrameArrays:
     def of(cls, frame: pd.DataFrame, columns: list[str] | None = None) -> FrameArrays:
         columns = list(frame.columns) if columns is None else columns
         kinds = dict(zip(frame.columns, frame.dtypes, strict=True))
-        missing = [c for c in columns if c not in kinds]
-        if missing:
-            raise ValueError(f"input lacks the model's columns {missing[:10]}")
+        _require_columns(columns, kinds)
         floats = [c for c in columns if kinds[c] == np.float64]
         others = {c: _raw(frame[c]) for c in columns if kinds[c] != np.float64}
         block = np.empty((len(frame), len(floats)), order="F")
@@ -129,6 +127,14 @@ class FrameArrays:
         return FrameArrays(floats, position, others, self.rows)
 
 
+def _require_columns(wanted: list[str], present) -> None:
+    """Fail naming the model's columns an input lacks (the first ten)."""
+    present = set(present)
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise ValueError(f"input lacks the model's columns {missing[:10]}")
+
+
 def _raw(s: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """A non-float column as an array: dates keep their time zone (a reason shows the date;
     numpy would hold each as a Timestamp object), the rest as numpy."""
@@ -166,7 +172,7 @@ class FrameEncoder:
         return self
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
-        self._check_columns(frame.columns)
+        _require_columns(self.columns_, frame.columns)
         # the frame LightGBM is fitted on (categoricals as pandas categories, which it detects);
         # prediction reads `matrix` instead. Float columns pass through without a copy.
         out: dict[str, object] = {}
@@ -188,9 +194,10 @@ class FrameEncoder:
         handling of a frame cost about 100 times the prediction itself for one customer. From
         arrays, the matrix is built once and kept there for every model with an equal encoder.
         """
-        self._check_columns(X.columns)
         if isinstance(X, pd.DataFrame):
-            X = FrameArrays.of(X, self.columns_)
+            X = FrameArrays.of(X, self.columns_)  # checks the columns as it reads them
+        else:
+            _require_columns(self.columns_, X.columns)
         for encoder, built in X.matrices:
             if encoder == self:
                 return built
@@ -218,12 +225,6 @@ class FrameEncoder:
         out.flags.writeable = False  # shared by every model with this encoder
         X.matrices.append((self, out))
         return out
-
-    def _check_columns(self, columns) -> None:
-        present = set(columns)
-        missing = [c for c in self.columns_ if c not in present]
-        if missing:
-            raise ValueError(f"input lacks the model's columns {missing[:10]}")
 
 
 def _numeric(s: pd.Series) -> np.ndarray:
