@@ -174,6 +174,6 @@ def features(
     if materialize:
         from features.online_store import OnlineStore
 
-        store = OnlineStore(DataDir(data).store / "online.sqlite", fs)
+        store = OnlineStore(DataDir(data).online_store, fs)
         n = store.materialize(con, as_of=max(times))
         console.print(f"[green]materialised[/green] {n:,} customers into {store.path}")

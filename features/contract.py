@@ -87,6 +87,16 @@ class DataDir:
     def truth(self) -> Path:
         return self.root / "truth"
 
+    @property
+    def online_store(self) -> Path:
+        """The online store (SQLite), which also holds the log of events received online."""
+        return self.store / "online.sqlite"
+
+    @property
+    def online_events(self) -> Path:
+        """The online store's event log exported as an events file, for the next ingest."""
+        return self.root / "events" / "online-events.parquet"
+
     def table(self, name: str) -> list[Path]:
         """The files of a table: `name.parquet`, `name.csv`, or every such file in folder `name/`."""
         files: list[Path] = []

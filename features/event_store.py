@@ -198,6 +198,14 @@ def ingest(
     dd = _data_dir(data_dir)
     t0 = time.perf_counter()
     step = _Progress(progress)
+    from features.online_store import (
+        export_event_log,
+    )  # it imports the batch engine, which imports this
+
+    # events received online (POST /events) join the input; the file is rewritten whole
+    logged = export_event_log(dd.online_store, dd.online_events)
+    if logged:
+        step(f"took {logged:,} events received online from {dd.online_store}")
     store = dd.store
     store.mkdir(parents=True, exist_ok=True)
     (store / MANIFEST_FILE).unlink(missing_ok=True)

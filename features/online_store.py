@@ -51,6 +51,7 @@ import pyarrow as pa
 
 from features.batch import AS_OF, DUCKDB, base_aggregates_sql, to_us
 from features.contract import (
+    ACTION_ID,
     AMOUNT,
     CATEGORY,
     CHANNEL,
@@ -58,10 +59,12 @@ from features.contract import (
     CUSTOMER_KEY,
     EVENT_COLUMNS,
     EVENT_ID,
+    EVENT_SCHEMA,
     EVENT_TYPE,
     KEY_PATTERN,
     KEY_SEPARATOR,
     LINK_KEY,
+    PROPENSITY,
     REASON,
     REQUIRED_EVENT_COLUMNS,
     TS,
@@ -79,7 +82,10 @@ from features.validation import (  # noqa: E402
     MALFORMED_LINK_KEY,
     MISSING_EVENT_ID,
     MISSING_TIMESTAMP,
+    NEGATIVE_AMOUNT,
     NON_NUMERIC_AMOUNT,
+    NON_NUMERIC_PROPENSITY,
+    PROPENSITY_OUT_OF_RANGE,
     UNKNOWN_CHANNEL,
     UNKNOWN_EVENT_TYPE,
     UNPARSEABLE_TIMESTAMP,
@@ -97,6 +103,9 @@ APPLY_REASONS = [
     UNPARSEABLE_TIMESTAMP,
     FUTURE_TIMESTAMP,
     NON_NUMERIC_AMOUNT,
+    NEGATIVE_AMOUNT,
+    NON_NUMERIC_PROPENSITY,
+    PROPENSITY_OUT_OF_RANGE,
     DUPLICATE,
     OUT_OF_ORDER,
 ]
@@ -120,7 +129,28 @@ CREATE TABLE IF NOT EXISTS identity (identifier TEXT PRIMARY KEY, customer_id TE
 CREATE INDEX IF NOT EXISTS identity_by_customer ON identity (customer_id);
 CREATE TABLE IF NOT EXISTS profile (customer_id TEXT PRIMARY KEY, data TEXT NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    ts_us INTEGER NOT NULL,
+    customer_key TEXT NOT NULL,
+    link_key TEXT,
+    channel TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    action_id TEXT,
+    amount REAL,
+    category TEXT,
+    propensity REAL,
+    customer_id TEXT NOT NULL,
+    received_us INTEGER NOT NULL
+);
 """
+_LOG_COLUMNS = [EVENT_ID, "ts_us", CUSTOMER_KEY, LINK_KEY, CHANNEL, EVENT_TYPE, ACTION_ID]
+_LOG_COLUMNS += [AMOUNT, CATEGORY, PROPENSITY, CUSTOMER_ID, "received_us"]
+_INSERT_LOG = (
+    f"INSERT INTO event_log ({', '.join(_LOG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})"
+)
 
 # sqlite3 keeps the prepared statement of each SQL text (cached_statements): a read is one
 # bind and one step of an already compiled statement
@@ -137,6 +167,16 @@ _UPSERT_STATE = (
     "ON CONFLICT (customer_id) DO UPDATE SET last_us = excluded.last_us, base = excluded.base, "
     "win = excluded.win"
 )
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """One customer's online features as arrays (no pandas): a real-time decision's input."""
+
+    customer_id: str
+    as_of_us: int
+    features: np.ndarray  # float64, in FeatureSet.names order
+    profile: list[Any]  # in OnlineStore.profile_names order; NaN where missing
 
 
 class DefinitionMismatch(RuntimeError):
@@ -210,6 +250,9 @@ class _Batch:
     amount: list[float]
     amount_bad: list[bool]
     category: list[str | None]
+    action_id: list[str | None]
+    propensity: list[float]
+    propensity_bad: list[bool]
 
 
 def _profile_value(v: Any, kind: str) -> Any:
@@ -271,17 +314,8 @@ def _frame_batch(events: pd.DataFrame) -> _Batch:
         us = parsed.to_numpy(dtype="datetime64[us]").view(np.int64)
         ts_missing = na.tolist()
         ts_bad = ((us == _NAT) & ~na).tolist()
-    if AMOUNT in events.columns:
-        raw = events[AMOUNT]
-        if raw.dtype.kind == "f":
-            amount = raw.to_numpy(dtype=np.float64, na_value=np.nan)
-            amount_bad = np.isinf(amount).tolist()
-        else:
-            amount = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            amount_bad = (~np.isfinite(amount) & raw.notna().to_numpy()).tolist()
-        amount_list = amount.tolist()
-    else:
-        amount_list, amount_bad = [math.nan] * n, [False] * n
+    amount_list, amount_bad = _frame_numbers(events, AMOUNT)
+    propensity, propensity_bad = _frame_numbers(events, PROPENSITY)
     return _Batch(
         n=n,
         event_id=text(EVENT_ID),
@@ -295,7 +329,26 @@ def _frame_batch(events: pd.DataFrame) -> _Batch:
         amount=amount_list,
         amount_bad=amount_bad,
         category=text(CATEGORY),
+        action_id=text(ACTION_ID),
+        propensity=propensity,
+        propensity_bad=propensity_bad,
     )
+
+
+def _frame_numbers(events: pd.DataFrame, name: str) -> tuple[list[float], list[bool]]:
+    """A numeric column as floats (NaN where missing) and whether each present value failed to
+    read as a finite number."""
+    n = len(events)
+    if name not in events.columns:
+        return [math.nan] * n, [False] * n
+    raw = events[name]
+    if raw.dtype.kind == "f":
+        values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.isinf(values)
+    else:
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values) & raw.notna().to_numpy()
+    return values.tolist(), bad.tolist()
 
 
 def _record_ts(v: Any) -> int | None:
@@ -320,9 +373,12 @@ def _record_ts(v: Any) -> int | None:
     return None
 
 
-def _record_amount(v: Any) -> tuple[float, bool]:
+def _record_number(v: Any) -> tuple[float, bool]:
+    """(value, failed to read as a finite number) of one optional numeric field."""
     if _blank(v):
         return math.nan, False
+    if isinstance(v, bool):  # JSON true is not an amount
+        return math.nan, True
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -340,7 +396,8 @@ def _records_batch(records: Sequence[Mapping[str, Any]]) -> _Batch:
     ts_raw = [r.get(TS) for r in records]
     ts_missing = [_blank(v) for v in ts_raw]
     parsed = [None if m else _record_ts(v) for v, m in zip(ts_raw, ts_missing, strict=True)]
-    amounts = [_record_amount(r.get(AMOUNT)) for r in records]
+    amounts = [_record_number(r.get(AMOUNT)) for r in records]
+    propensities = [_record_number(r.get(PROPENSITY)) for r in records]
     return _Batch(
         n=n,
         event_id=text(EVENT_ID),
@@ -354,6 +411,9 @@ def _records_batch(records: Sequence[Mapping[str, Any]]) -> _Batch:
         amount=[a for a, _ in amounts],
         amount_bad=[bad for _, bad in amounts],
         category=text(CATEGORY),
+        action_id=text(ACTION_ID),
+        propensity=[p for p, _ in propensities],
+        propensity_bad=[bad for _, bad in propensities],
     )
 
 
@@ -590,6 +650,26 @@ class OnlineStore:
             out.update(zip(self._profile_names, self._profile_values(data), strict=True))
         return out
 
+    def read_row(self, customer_id: str, as_of_us: int | None = None) -> OnlineRow | None:
+        """`read` as arrays: the derived features as one float64 vector (in `fs.names` order)
+        and the profile values (in `profile_names` order), None for an unknown customer."""
+        with self._lock:
+            last_us, base, win, data = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
+            if base is None and data is None and not self._known_without_state(customer_id):
+                return None
+        state = self._stored(last_us, base, win)
+        t = self._as_of(state.last_us, as_of_us, customer_id)
+        return OnlineRow(
+            customer_id, t, self.updater.features_at(state, t), self._profile_values(data)
+        )
+
+    def new_customer_row(self, customer_id: str, as_of_us: int | None = None) -> OnlineRow:
+        """The features of a customer with no event yet (a cold start): no history, no consent,
+        no profile."""
+        t = self._as_of(None, as_of_us, customer_id)
+        values = self.updater.features_at(self.updater.new_state(), t)
+        return OnlineRow(customer_id, t, values, [math.nan] * len(self._profile_names))
+
     def read_many(self, customer_ids: Sequence[str], as_of_us: int | None = None) -> pd.DataFrame:
         """Features of many customers in `BatchEngine.snapshot`'s layout (customer_id, as_of,
         features, profile), in the given order; customers the store does not know are left out."""
@@ -654,6 +734,15 @@ class OnlineStore:
                 out[i] = FUTURE_TIMESTAMP
             elif b.amount_bad[i]:
                 out[i] = NON_NUMERIC_AMOUNT
+            elif b.amount[i] < 0:
+                out[i] = NEGATIVE_AMOUNT
+            elif b.propensity_bad[i]:
+                out[i] = NON_NUMERIC_PROPENSITY
+            elif (
+                not (b.propensity[i] > 0 and b.propensity[i] <= 1)
+                and b.propensity[i] == b.propensity[i]
+            ):
+                out[i] = PROPENSITY_OUT_OF_RANGE
         return out
 
     def _lookup(self, sql: str, keys: list[str]) -> list[tuple[Any, ...]]:
@@ -663,26 +752,35 @@ class OnlineStore:
             out += self._con.execute(sql, (json.dumps(chunk),)).fetchall()
         return out
 
-    def apply_events(self, events: pd.DataFrame, *, now: pd.Timestamp | None = None) -> ApplyReport:
+    def apply_events(
+        self, events: pd.DataFrame, *, now: pd.Timestamp | None = None, log: bool = False
+    ) -> ApplyReport:
         """Apply a batch of contract events in ONE transaction, in ts order (stable for ties).
 
         Each event is applied or rejected with a reason (see APPLY_REASONS); rejected events
         leave state and identity untouched. `now` (default: the clock) bounds future timestamps.
+        `log=True` also appends every applied event to the event log in the same transaction:
+        events that arrive only here (POST /events), not replays of the batch store's.
         """
-        return self._apply(_frame_batch(events), events, now)
+        return self._apply(_frame_batch(events), events, now, log)
 
     def apply_records(
-        self, records: Sequence[Mapping[str, Any]], *, now: pd.Timestamp | None = None
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        now: pd.Timestamp | None = None,
+        log: bool = False,
     ) -> ApplyReport:
         """`apply_events` for events as mappings (the JSON objects of POST /events), without
         pandas: the cheaper path for batches of a few events."""
-        return self._apply(_records_batch(records), records, now)
+        return self._apply(_records_batch(records), records, now, log)
 
     def _apply(
         self,
         b: _Batch,
         source: pd.DataFrame | Sequence[Mapping[str, Any]],
         now: pd.Timestamp | None,
+        log: bool = False,
     ) -> ApplyReport:
         now_us = time.time_ns() // 1000 if now is None else int(to_us(now))
         reasons = self._reasons(b, now_us)
@@ -693,7 +791,7 @@ class OnlineStore:
             con = self._con
             con.execute("BEGIN IMMEDIATE")
             try:
-                result = self._apply_locked(b, valid, reasons)
+                result = self._apply_locked(b, valid, reasons, now_us if log else None)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -716,9 +814,10 @@ class OnlineStore:
         )
 
     def _apply_locked(
-        self, b: _Batch, valid: list[int], reasons: list[str | None]
+        self, b: _Batch, valid: list[int], reasons: list[str | None], log_us: int | None
     ) -> tuple[list[str], int, int, int]:
-        """The body of `_apply` inside its transaction; marks rejections in `reasons`."""
+        """The body of `_apply` inside its transaction; marks rejections in `reasons`. With
+        `log_us` (the receiving time), applied events are appended to the event log."""
         con = self._con
         wm = self._meta("watermark_us")
         watermark = None if wm is None else int(wm)
@@ -749,6 +848,7 @@ class OnlineStore:
 
         touched: set[str] = set()
         applied: list[tuple[str, int]] = []
+        logged: list[tuple[Any, ...]] = []
         new_identity: list[tuple[str, str]] = []
         new_customers = unmerged = 0
         apply = self.updater.apply
@@ -795,6 +895,13 @@ class OnlineStore:
             touched.add(cid)
             seen.add(eid)
             applied.append((eid, ts))
+            if log_us is not None:
+                amount, propensity = b.amount[i], b.propensity[i]
+                logged.append(
+                    (eid, ts, ck, b.link_key[i], b.channel[i], b.event_type[i], b.action_id[i])
+                    + (None if amount != amount else amount, b.category[i])
+                    + (None if propensity != propensity else propensity, cid, log_us)
+                )
             for ident in adds:
                 idmap[ident] = cid
                 new_identity.append((ident, cid))
@@ -806,7 +913,16 @@ class OnlineStore:
         con.executemany(
             "INSERT INTO identity (identifier, customer_id) VALUES (?, ?)", new_identity
         )
+        con.executemany(_INSERT_LOG, logged)
         return [a[0] for a in applied], new_customers, len(new_identity), unmerged
+
+    # ------------------------------------------------------------------ the event log
+
+    def logged_events(self, after_seq: int = 0) -> pd.DataFrame:
+        """The event log (events applied with `log=True`) in the contract's columns and types,
+        plus customer_id, seq and the receiving time, in arrival order."""
+        with self._lock:
+            return _logged_events(self._con, after_seq)
 
     def forget_applied_before(self, before_us: int) -> int:
         """Bound the idempotency table: drop the ids of events older than `before_us` and raise
@@ -980,6 +1096,49 @@ class OnlineStore:
                 "INSERT OR IGNORE INTO profile (customer_id, data) VALUES (?, ?)", rows
             )
         return names, kinds
+
+
+def _logged_events(con: sqlite3.Connection, after_seq: int = 0) -> pd.DataFrame:
+    rows = con.execute(
+        f"SELECT seq, {', '.join(_LOG_COLUMNS)} FROM event_log WHERE seq > ? ORDER BY seq",
+        (after_seq,),
+    ).fetchall()
+    frame = pd.DataFrame(rows, columns=["seq", *_LOG_COLUMNS])
+    frame[TS] = pd.to_datetime(frame.pop("ts_us").astype("int64"), unit="us", utc=True)
+    frame["received"] = pd.to_datetime(
+        frame.pop("received_us").astype("int64"), unit="us", utc=True
+    )
+    for name in (AMOUNT, PROPENSITY):
+        frame[name] = frame[name].astype("float64")
+    return frame[[*EVENT_COLUMNS, CUSTOMER_ID, "seq", "received"]]
+
+
+def export_event_log(store_path: Path, target: Path) -> int | None:
+    """Write the event log of the online store at `store_path` as a contract events file, the
+    next ingest's input (written aside, then renamed: a reader never sees half a file). Returns
+    the events written, None when there is no store or it has logged nothing. Needs no feature
+    definitions: the log is raw events."""
+    import pyarrow.parquet as pq
+
+    if not Path(store_path).is_file():
+        return None
+    con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        con.execute("PRAGMA busy_timeout = 30000")
+        has_log = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_log'"
+        ).fetchone()
+        events = _logged_events(con)[EVENT_COLUMNS] if has_log else None
+    finally:
+        con.close()
+    if events is None or events.empty:
+        return None
+    table = pa.Table.from_pandas(events, schema=EVENT_SCHEMA, preserve_index=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(target)
+    return len(events)
 
 
 def _sql_lit(value: str) -> str:

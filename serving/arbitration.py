@@ -62,9 +62,22 @@ def expected_order_value(bundle: ModelBundle, features: pd.DataFrame) -> np.ndar
     return bundle.value.predict(features[bundle.customer_features])
 
 
+def customer_arrays(
+    features: pd.DataFrame | FrameArrays, rows: slice, columns: list[str]
+) -> FrameArrays:
+    """The model columns of customers `rows` as arrays: read from a frame (a batch chunk), or
+    the arrays themselves (a real-time request's row, already arrays)."""
+    if isinstance(features, pd.DataFrame):
+        return FrameArrays.of(features.iloc[rows], columns)
+    start, stop, _ = rows.indices(len(features))
+    if start == 0 and stop == len(features):
+        return features
+    return features.take(np.arange(start, stop))
+
+
 def score_actions(
     bundle: ModelBundle,
-    features: pd.DataFrame,
+    features: pd.DataFrame | FrameArrays,
     catalogue: Catalogue,
     allowed: np.ndarray,
     scoring: str,
@@ -99,7 +112,7 @@ def score_actions(
         rows, cols = np.nonzero(allowed[chunk])
         if len(rows) == 0:
             continue
-        customers = FrameArrays.of(features.iloc[chunk], bundle.customer_features)
+        customers = customer_arrays(features, chunk, bundle.customer_features)
         pairs = customers.take(rows).with_columns({CHANNEL: channels[cols], ACTION_ID: ids[cols]})
         at = (rows + start, cols)
         p_resp[at] = bundle.response_probability(pairs)

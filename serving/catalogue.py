@@ -24,6 +24,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from features.config import DataConfig, Strict
+from training.models import FrameArrays, column_values
 
 DEFAULT_CATALOGUE = "catalogue.yaml"
 NOTHING = "do_nothing"
@@ -75,18 +76,18 @@ class Rule:
             raise ValueError(f"eligibility rule {text!r}: {m['op']} needs a number, got {raw!r}")
         return Rule(text, m["feature"], m["op"], value, m["missing"] is not None)
 
-    def evaluate(self, frame: pd.DataFrame) -> np.ndarray:
-        """Boolean per row: does the customer satisfy the rule."""
-        column = frame[self.feature]
+    def evaluate(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
+        """Boolean per row of a feature frame or its arrays: does the customer satisfy the rule."""
+        column = np.asarray(column_values(X, self.feature))
         if column.dtype == np.float64 and not isinstance(self.value, str):
-            values = column.to_numpy()  # most features: no conversion, one call
+            values = column  # most features: no conversion
             missing = np.isnan(values)
         elif isinstance(self.value, str):
-            missing = column.isna().to_numpy()
-            values = column.astype("string").fillna("").to_numpy(dtype=object)
-        else:
-            missing = column.isna().to_numpy()
-            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+            missing = np.asarray(pd.isna(column), dtype=bool)
+            values = np.where(missing, "", column.astype(str)).astype(object)
+        else:  # a non-numeric value in a numeric rule fails it (it is not missing)
+            missing = np.asarray(pd.isna(column), dtype=bool)
+            values = pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
             ok = np.asarray(_OPS[self.op](values, self.value), dtype=bool)
         return np.where(missing, self.missing_passes, ok)

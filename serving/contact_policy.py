@@ -18,6 +18,7 @@ import pandas as pd
 from features.config import DataConfig
 from serving.catalogue import Catalogue
 from serving.config import Cap, ContactPolicy
+from training.models import FrameArrays
 
 # why an action is not allowed, in the order the rules are checked (the first one is reported)
 NOT_LIVE = "action not live on the decision date"
@@ -89,12 +90,14 @@ def _decision_days(ts: pd.Timestamp | pd.Series, n: int) -> tuple[np.ndarray, li
     return codes, list(days.astype(object))  # datetime.date
 
 
-def _column(features: pd.DataFrame, name: str) -> np.ndarray:
-    return features[name].to_numpy(dtype=float, na_value=np.nan)
+def _column(X: pd.DataFrame | FrameArrays, name: str) -> np.ndarray:
+    if isinstance(X, pd.DataFrame):
+        return X[name].to_numpy(dtype=float, na_value=np.nan)
+    return np.asarray(X.column(name), dtype=float)
 
 
 def eligibility(
-    features: pd.DataFrame,
+    features: pd.DataFrame | FrameArrays,
     as_of: pd.Timestamp | pd.Series,
     catalogue: Catalogue,
     policy: ContactPolicy,
@@ -149,7 +152,7 @@ def eligibility(
 
 
 def send_hours(
-    features: pd.DataFrame,
+    features: pd.DataFrame | FrameArrays,
     channels: list[str],
     default_hour: dict[str, int],
     policy: ContactPolicy,
@@ -161,8 +164,8 @@ def send_hours(
     real-time channel an hour inside the quiet hours moves to the first hour after them.
     """
     preferred = (
-        features["preferred_hour"].to_numpy(dtype=float)
-        if "preferred_hour" in features
+        _column(features, "preferred_hour")
+        if "preferred_hour" in features.columns
         else np.full(len(features), np.nan)
     )
     realtime = {c.name for c in data.channels if c.realtime}

@@ -8,8 +8,10 @@ versions, so it can be logged as a `sent`/`holdout` event and learned from (the 
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,47 +21,80 @@ from features.batch import AS_OF
 from features.config import DataConfig
 from features.contract import CUSTOMER_ID
 from serving.arbitration import ScoredActions, score_actions
-from serving.catalogue import NOTHING, Catalogue, load_catalogue
+from serving.catalogue import NOTHING, Action, Catalogue, load_catalogue
 from serving.config import PolicyConfig
 from serving.contact_policy import Eligibility, eligibility, send_hours
 from serving.exploration import choice_probabilities, sample, with_nothing
-from serving.reasons import FeatureWords, explain
+from serving.reasons import FeatureWords, Reason, explain
 from training.bundle import ModelBundle
+from training.models import FrameArrays, column_values
 
 CAPACITY = "capacity of the run reached"
+NONE_ALLOWED = "no action is allowed now (consent, caps or rules)"
+NOT_WORTH_IT = "no allowed action's expected incremental profit covers its cost"
 SENT, HOLDOUT = "sent", "holdout"
 
 
 @dataclass
 class Decisions:
-    """One row per customer (`table`), plus every candidate's components for inspection."""
+    """One decision per customer (`columns`, as a frame in `table`), plus every candidate's
+    components for inspection. A real-time request reads `record` and `candidates` and never
+    builds a frame."""
 
-    table: pd.DataFrame
+    columns: dict[str, np.ndarray]
     scored: ScoredActions
     eligibility: Eligibility
     probabilities: np.ndarray  # customers x [nothing, *actions]
 
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def record(self, i: int) -> dict[str, object]:
+        """Decision i as plain Python values."""
+        return {name: _plain(values[i]) for name, values in self.columns.items()}
+
+    def candidates(self, i: int) -> list[dict[str, object]]:
+        """Every candidate of customer i, best first (do nothing wins ties, as in the choice):
+        score, components, the probability it had, or why it was blocked."""
+        s = self.scored
+        score = with_nothing(s.score[i : i + 1])[0]
+        order = np.argsort(-score, kind="stable")
+        blocked = ["", *self.eligibility.blocked[i]]
+        out = []
+        for c in order.tolist():
+            j = c - 1
+            action = c > 0
+            out.append(
+                {
+                    "action_id": NOTHING if not action else s.action_ids[j],
+                    "channel": s.channels[j] if action else "",
+                    "score": float(score[c]),
+                    "probability": float(self.probabilities[i, c]),
+                    "p_response": float(s.p_response[i, j]) if action else math.nan,
+                    "p_purchase_treated": float(s.p_treated[i, j]) if action else math.nan,
+                    "p_purchase_control": float(s.p_control[i, j]) if action else math.nan,
+                    "uplift": float(s.uplift[i, j]) if action else math.nan,
+                    "value": float(s.value[i, j]) if action else math.nan,
+                    "margin": float(s.margin[j]) if action else math.nan,
+                    "cost": float(s.cost[j]) if action else 0.0,
+                    "lever": float(s.lever[j]) if action else math.nan,
+                    "blocked_by": blocked[c],
+                }
+            )
+        return out
+
     def ranked(self, i: int) -> pd.DataFrame:
         """Every candidate of customer i, best first: score, components, or why it was blocked."""
-        s = self.scored
-        rows = pd.DataFrame(
-            {
-                "action_id": [NOTHING, *s.action_ids],
-                "channel": ["", *s.channels],
-                "score": with_nothing(s.score[i : i + 1])[0],
-                "probability": self.probabilities[i],
-                "p_response": [np.nan, *s.p_response[i]],
-                "p_purchase_treated": [np.nan, *s.p_treated[i]],
-                "p_purchase_control": [np.nan, *s.p_control[i]],
-                "uplift": [np.nan, *s.uplift[i]],
-                "value": [np.nan, *s.value[i]],
-                "margin": [np.nan, *s.margin],
-                "cost": [0.0, *s.cost],
-                "lever": [np.nan, *s.lever],
-                "blocked_by": ["", *self.eligibility.blocked[i]],
-            }
-        )
-        return rows.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        return pd.DataFrame(self.candidates(i))
+
+
+def _plain(v: object) -> object:
+    """A numpy scalar as the Python value it holds (JSON-ready)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 class DecisionPolicy:
@@ -83,16 +118,18 @@ class DecisionPolicy:
         self.catalogue = catalogue
         self.version = cfg.fingerprint(catalogue_text)
         self.words = FeatureWords(data)
+        self._checked: tuple[str, ...] = ()
 
     def decide(
         self,
-        features: pd.DataFrame,
+        features: pd.DataFrame | FrameArrays,
         as_of: pd.Timestamp | pd.Series | None = None,
         immediate: bool = False,
         reasons: bool = True,
         rng: np.random.Generator | None = None,
     ) -> Decisions:
-        """Decide for every row of `features` (customer_id, as_of, feature columns).
+        """Decide for every row of `features` (customer_id, as_of, feature columns): a frame
+        (a batch) or its arrays (a real-time request: no frame is built on the way).
 
         `immediate`: a real-time request (quiet hours apply now); otherwise a batch run, where
         actions' `max_per_run` capacities apply and send hours avoid quiet hours.
@@ -100,9 +137,14 @@ class DecisionPolicy:
         if rng is None:
             rng = np.random.default_rng(self.cfg.exploration.seed)
         if as_of is None:
-            as_of = features[AS_OF]
-        self.catalogue.check_against(self.data, list(features.columns))
-        features = features.reset_index(drop=True)
+            as_of = (
+                features[AS_OF]
+                if isinstance(features, pd.DataFrame)
+                else pd.Series(features.column(AS_OF))
+            )
+        self._check_columns(features.columns)
+        if isinstance(features, pd.DataFrame):
+            features = features.reset_index(drop=True)
         if isinstance(as_of, pd.Series):
             as_of = as_of.reset_index(drop=True)
         el = eligibility(
@@ -113,10 +155,17 @@ class DecisionPolicy:
         picked = sample(probs, rng)
         if not immediate:
             picked, probs = self._apply_capacity(scored, el, picked, probs, rng)
-        table = self._table(features, as_of, scored, probs, picked, rng)
+        columns = self._table(features, as_of, scored, probs, picked, rng)
         if reasons and self.cfg.reasons:
-            self._add_reasons(table, features)
-        return Decisions(table, scored, el, probs)
+            self._add_reasons(columns, features)
+        return Decisions(columns, scored, el, probs)
+
+    def _check_columns(self, columns: list[str] | pd.Index) -> None:
+        """The catalogue's rules against the feature columns, once per set of columns."""
+        key = tuple(columns)
+        if key != self._checked:
+            self.catalogue.check_against(self.data, list(key))
+            self._checked = key
 
     def _apply_capacity(
         self,
@@ -156,13 +205,13 @@ class DecisionPolicy:
 
     def _table(
         self,
-        features: pd.DataFrame,
+        features: pd.DataFrame | FrameArrays,
         as_of: pd.Timestamp | pd.Series,
         s: ScoredActions,
         probs: np.ndarray,
         picked: np.ndarray,
         rng: np.random.Generator,
-    ) -> pd.DataFrame:
+    ) -> dict[str, np.ndarray]:
         n = len(features)
         rows = np.arange(n)
         acted = picked > 0
@@ -185,16 +234,15 @@ class DecisionPolicy:
         )
         second = np.argsort(-with_nothing(s.score), axis=1, kind="stable")[:, 1]
         run = uuid.uuid4().hex[:12]
-        as_of_col = (
-            pd.Series(pd.to_datetime(as_of, utc=True)).reset_index(drop=True)
-            if isinstance(as_of, pd.Series)
-            else pd.Series(pd.DatetimeIndex([pd.to_datetime(as_of, utc=True)]).repeat(n))
-        )
-        return pd.DataFrame(
+        if isinstance(as_of, pd.Series):
+            as_of_col = pd.to_datetime(as_of, utc=True).array  # not an object array of Timestamps
+        else:
+            as_of_col = pd.DatetimeIndex([pd.to_datetime(as_of, utc=True)]).repeat(n).array
+        return dict(
             {
-                "decision_id": [f"d-{run}-{i:08d}" for i in range(n)],
-                CUSTOMER_ID: features[CUSTOMER_ID].to_numpy(),
-                AS_OF: as_of_col.array,  # not to_numpy(): an object array of Timestamps
+                "decision_id": np.array([f"d-{run}-{i:08d}" for i in range(n)], dtype=object),
+                CUSTOMER_ID: np.asarray(column_values(features, CUSTOMER_ID)),
+                AS_OF: as_of_col,
                 "action_id": ids[picked],
                 "channel": channels[picked],
                 "score": np.where(acted, s.score[rows, j], 0.0),
@@ -213,43 +261,51 @@ class DecisionPolicy:
                 "runner_up": ids[second],
                 "runner_up_score": with_nothing(s.score)[rows, second],
                 "eligible_actions": np.isfinite(s.score).sum(axis=1),
-                "scoring": self.cfg.scoring,
-                "model_version": self.model_version,
-                "policy_version": self.version,
+                "scoring": np.full(n, self.cfg.scoring, dtype=object),
+                "model_version": np.full(n, self.model_version, dtype=object),
+                "policy_version": np.full(n, self.version, dtype=object),
             }
         )
 
-    def _add_reasons(self, table: pd.DataFrame, features: pd.DataFrame) -> None:
+    def _add_reasons(
+        self, table: dict[str, np.ndarray], features: pd.DataFrame | FrameArrays
+    ) -> None:
         """reason_1..k for each decision: the deciding model's top contributions, or why nothing."""
         k = self.cfg.reasons
-        texts = np.full((len(table), k), "", dtype=object)
-        model = np.full(len(table), "", dtype=object)
-        chosen = table["action_id"].to_numpy()
+        n = len(table[CUSTOMER_ID])
+        texts = np.full((n, k), "", dtype=object)
+        model = np.full(n, "", dtype=object)
+        chosen = table["action_id"]
         for action in self.catalogue.actions:
             rows = np.flatnonzero(chosen == action.id)
             if len(rows) == 0:
                 continue
-            found, which = explain(
-                self.bundle,
-                self.cfg.scoring,
-                features.iloc[rows],
-                action.channel,
-                action.id,
-                self.words,
-                k,
-            )
+            found, which = self.explain(features, rows, action)
             for r, reasons in zip(rows, found, strict=True):
                 texts[r, : len(reasons)] = [x.text for x in reasons]
             model[rows] = which
         nothing = np.flatnonzero(chosen == NOTHING)
-        none_eligible = table["eligible_actions"].to_numpy()[nothing] == 0
-        texts[nothing[none_eligible], 0] = "no action is allowed now (consent, caps or rules)"
-        texts[nothing[~none_eligible], 0] = (
-            "no allowed action's expected incremental profit covers its cost"
-        )
+        none_eligible = table["eligible_actions"][nothing] == 0
+        texts[nothing[none_eligible], 0] = NONE_ALLOWED
+        texts[nothing[~none_eligible], 0] = NOT_WORTH_IT
         for i in range(k):
             table[f"reason_{i + 1}"] = texts[:, i]
         table["reasons_from"] = model
+
+    def explain(
+        self, features: pd.DataFrame | FrameArrays, rows: np.ndarray, action: Action
+    ) -> tuple[list[list[Reason]], str]:
+        """The top reasons for giving `action` to customers `rows`, and which model gave them."""
+        taken = features.iloc[rows] if isinstance(features, pd.DataFrame) else features.take(rows)
+        return explain(
+            self.bundle,
+            self.cfg.scoring,
+            taken,
+            action.channel,
+            action.id,
+            self.words,
+            self.cfg.reasons,
+        )
 
 
 def load_policy(

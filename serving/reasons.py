@@ -214,14 +214,18 @@ def top_reasons(
 def explain(
     bundle: ModelBundle,
     scoring: str,
-    features: pd.DataFrame,
+    features: pd.DataFrame | FrameArrays,
     channel: str,
     action_id: str,
     words: FeatureWords,
     k: int,
 ) -> tuple[list[list[Reason]], str]:
-    """Top-k reasons for giving `action_id` to each customer of `features`."""
-    pairs = FrameArrays.of(features, bundle.customer_features)
+    """Top-k reasons for giving `action_id` to each customer of `features` (a frame or arrays)."""
+    pairs = (
+        FrameArrays.of(features, bundle.customer_features)
+        if isinstance(features, pd.DataFrame)
+        else features
+    )
     pairs = pairs.with_columns({CHANNEL: channel, ACTION_ID: action_id})
     contributions, model = deciding_contributions(bundle, scoring, pairs, channel)
     return top_reasons(contributions, pairs, words, k), model
