@@ -611,8 +611,9 @@ class OnlineStore:
     def _as_of(self, last_us: int | None, as_of_us: int | None, customer_id: str) -> int:
         if as_of_us is None:
             now = time.time_ns() // 1000
-            # events stamped a little ahead of this clock (validation tolerates some) are in
-            return now if last_us is None else max(now, last_us)
+            # just after the last applied event, so that it counts (a feature as of t uses the
+            # events before t), even stamped a little ahead of this clock (validation allows it)
+            return now if last_us is None else max(now, last_us + 1)
         if last_us is not None and as_of_us < last_us:
             raise ValueError(
                 f"customer {customer_id}: online state is as of {last_us} us, later than the "
@@ -637,7 +638,7 @@ class OnlineStore:
         As in the batch engine, events at or after `as_of_us` must not count: an explicit
         `as_of_us` earlier than the state raises; equal to it, an event stamped exactly then
         (already applied) counts, where the batch engine would leave it out. The default, now,
-        moves up to the state's time when an event is stamped ahead of this clock."""
+        moves to just after the state's time when an event is stamped ahead of this clock."""
         with self._lock:
             last_us, base, win, data = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
             if base is None and data is None and not self._known_without_state(customer_id):
