@@ -588,6 +588,15 @@ class OnlineStore:
             ).fetchone()
         return None if row is None else row[0]
 
+    def identifiers(self, customer_id: str) -> list[str]:
+        """Every identifier the store links to a customer, sorted."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT identifier FROM identity WHERE customer_id = ? ORDER BY identifier",
+                (customer_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def customer_ids(self) -> list[str]:
         """Every customer with online state (at least one applied or materialised event)."""
         with self._lock:

@@ -401,6 +401,127 @@ def evaluate_policy(
         console.print(f"[green]wrote[/green] {out}")
 
 
+def _serve_command(data: Path, config: Path | None, host: str, port: int) -> tuple[list, dict]:
+    """The `bentoml serve` command line and environment of the service over `data`."""
+    import os
+    import shutil
+    import sys
+
+    from serving.service import CONFIG_VARIABLE, DATA_VARIABLE
+
+    env = dict(os.environ)
+    env[DATA_VARIABLE] = str(Path(data).resolve())
+    if config is not None:
+        env[CONFIG_VARIABLE] = str(Path(config).resolve())
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [bentoml, "serve", "serving.service:NextBestAction", "--host", host, "--port", str(port)]
+    return [*cmd, "--working-dir", str(root)], env
+
+
+def _preflight(data: Path, config: Path | None):
+    """Open what the service opens, or exit with its one-line reason (code 2)."""
+    from serving.runtime import ServingRuntime, StartupError
+
+    try:
+        runtime = ServingRuntime.open(data, config)
+    except StartupError as exc:
+        typer.echo(f"nba serve: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    runtime.close()
+    return runtime
+
+
+@app.command("serve")
+def serve(
+    data: features_cli.DataOption,
+    config: features_cli.ConfigOption = None,
+    port: Annotated[
+        int | None, typer.Option(help="HTTP port; default service.port (3000).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on; default service.host (127.0.0.1).")
+    ] = None,
+) -> None:
+    """Start the real-time service (BentoML): POST /recommend, /events, /score; /docs.json.
+
+    Loads the champion bundle and opens the online store once; refuses to start, in one line,
+    without a champion, an online store, a matching feature list or a token (NBA_API_TOKEN).
+    """
+    import os
+
+    runtime = _preflight(data, config)
+    svc = runtime.service
+    cmd, env = _serve_command(data, config, host or svc.host, port or svc.port)
+    features_cli.console.print(
+        f"serving {data} on http://{host or svc.host}:{port or svc.port} "
+        f"(champion v{runtime.policy.model_version}, {runtime.policy.version})"
+    )
+    os.execvpe(cmd[0], cmd, env)  # the service is this process: signals reach it directly
+
+
+def _demo_calls(data: Path, url: str, token: str) -> None:
+    """Call the running service as a channel would: a recommendation, an event, and again."""
+    import json
+
+    import httpx
+    import pandas as pd
+
+    from features.contract import DataDir
+    from features.event_store import open_store
+
+    console = features_cli.console
+    con = open_store(DataDir(data))
+    key = con.execute(
+        "SELECT identifier FROM identity WHERE identifier LIKE 'email:%' ORDER BY identifier LIMIT 1"
+    ).fetchall()[0][0]
+    con.close()
+    body = {"customer": key, "channel": "web", "k": 3, "context": {"page": "/home"}}
+    console.print(f"[bold]POST {url}/recommend[/bold] {json.dumps(body)}")
+    first = httpx.post(f"{url}/recommend", json=body, timeout=30).json()
+    console.print_json(json.dumps(first))
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    event = {
+        "event_id": f"demo-{first['decision_id']}",
+        "ts": now,
+        "customer_key": key,
+        "channel": "email",
+        "event_type": "consent_revoked",
+    }
+    console.print(f"[bold]POST {url}/events[/bold] (the customer revokes e-mail consent)")
+    answer = httpx.post(
+        f"{url}/events",
+        json={"events": [event]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()
+    console.print_json(json.dumps(answer))
+    again = httpx.post(f"{url}/recommend", json=body, timeout=30).json()
+    console.print(
+        f"recommendation now: [bold green]{again['action_id']}[/bold green] on "
+        f"{again['channel'] or '-'} (e-mail actions: "
+        f"{[a['action_id'] for a in again['actions'] if a['channel'] == 'email'] or 'none'})"
+    )
+
+
+def _wait_ready(url: str, process, seconds: float = 180) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the service at {url} was not ready after {seconds:.0f} s")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("data/demo"),
@@ -408,8 +529,23 @@ def demo(
         int, typer.Option(min=100, help="People in the synthetic world.")
     ] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic world.")] = 0,
+    port: Annotated[int, typer.Option(help="Port of the demo's service.")] = 3000,
+    exit_after_calls: Annotated[
+        bool,
+        typer.Option(
+            "--exit-after-calls",
+            envvar="NBA_DEMO_EXIT",
+            help="Stop the service after the demo's calls instead of serving until Ctrl-C.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the whole loop on the embedded defaults: world, store, features, models, decisions."""
+    """Run the whole loop on the embedded defaults: world, store, features, models, decisions,
+    then the real-time service, called over HTTP."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+
     console = features_cli.console
     console.rule("1. synthetic world with ground truth")
     features_cli.synth(out=out, customers=customers, seed=seed)
@@ -421,6 +557,32 @@ def demo(
     training_cli.train(data=out)
     console.rule("5. next best actions for every customer, with reasons")
     decide(data=out, customer=None, as_of=None, out=None, alias="champion", log=False, show=5)
+    console.rule("6. the real-time service")
+    token = os.environ.get("NBA_API_TOKEN") or secrets.token_urlsafe(24)
+    os.environ["NBA_API_TOKEN"] = token
+    _preflight(out, None)
+    cmd, env = _serve_command(out, None, "127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        _wait_ready(url, process)
+        _demo_calls(out, url, token)
+        console.print(
+            f"[green]the service runs at {url}[/green] (OpenAPI: {url}/docs.json; writes need "
+            f"`Authorization: Bearer {token}`)"
+        )
+        if not exit_after_calls:
+            console.print("Ctrl-C stops it.")
+            process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,38 @@ class PolicyConfig(Strict):
 
 def load_policy_config(path: Path | None = None) -> PolicyConfig:
     return load_section(path, "policy", PolicyConfig)
+
+
+class ServiceConfig(Strict):
+    """The `service` section: the real-time BentoML service (`nba serve`)."""
+
+    port: int = Field(default=3000, ge=1, le=65535, description="HTTP port.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Worker processes (each loads the bundle once)."
+    )
+    writes_enabled: bool = Field(
+        default=True,
+        description="Accept POST /events. The service refuses to start with writes enabled and no "
+        "bearer token in the environment variable NBA_API_TOKEN.",
+    )
+    protect_reads: bool = Field(
+        default=False,
+        description="Also require the bearer token on /recommend and /score (writes always "
+        "need it).",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="Larger request bodies get 413 unread."
+    )
+    max_events_per_call: int = Field(default=1000, ge=1, le=100_000)
+    max_customers_per_score: int = Field(default=10_000, ge=1, le=1_000_000)
+    durability: Literal["NORMAL", "FULL"] = Field(
+        default="FULL",
+        description="SQLite synchronous mode of the online store while serving. FULL: an "
+        "acknowledged event batch is on disk (fsync) before the answer, surviving a power loss; "
+        "NORMAL: it survives a crash of the process (kill -9), not of the machine.",
+    )
+
+
+def load_service_config(path: Path | None = None) -> ServiceConfig:
+    return load_section(path, "service", ServiceConfig)

@@ -8,7 +8,11 @@ reasons and model and policy versions, which off-policy evaluation reads.
 
 from __future__ import annotations
 
+import json
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import duckdb
 import numpy as np
@@ -101,3 +105,40 @@ def write_decision_log(
     record_path = record_dir / f"{run}.parquet"
     table.to_parquet(record_path, index=False)
     return events_path, record_path
+
+
+class RealtimeDecisionLog:
+    """Real-time decisions appended as JSON lines to `decisions/realtime-<day>.jsonl`: the
+    same record as a batch run's `decisions/<run>.parquet` (ids, scores, propensities, reasons,
+    versions), one line a decision, read with `read_realtime_decisions`. Thread-safe."""
+
+    def __init__(self, data_dir: DataDir) -> None:
+        self.directory = data_dir.root / DECISIONS_DIR
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._day = ""
+        self._file: TextIO | None = None
+
+    def append(self, record: dict[str, object]) -> None:
+        line = json.dumps(record, default=str, allow_nan=True) + "\n"
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        with self._lock:
+            if day != self._day or self._file is None:
+                if self._file is not None:
+                    self._file.close()
+                self._file = (self.directory / f"realtime-{day}.jsonl").open("a", buffering=1)
+                self._day = day
+            self._file.write(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_realtime_decisions(data_dir: DataDir) -> pd.DataFrame:
+    """Every real-time decision record logged under `decisions/`, oldest file first."""
+    files = sorted((data_dir.root / DECISIONS_DIR).glob("realtime-*.jsonl"))
+    frames = [pd.read_json(f, lines=True, dtype=False) for f in files if f.stat().st_size]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

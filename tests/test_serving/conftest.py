@@ -39,3 +39,18 @@ def trained_world(tmp_path_factory) -> TrainedWorld:
     engine = BatchEngine(FeatureSet(DataConfig(), FeatureConfig()), con, customers="customers")
     end = data_end(con)
     return TrainedWorld(data_dir, con, engine, result, end, engine.snapshot(end))
+
+
+@pytest.fixture(scope="session")
+def served_world(trained_world):
+    """The trained world with its online store materialised and `nba serve` running on it."""
+    from features.online_store import OnlineStore
+
+    from service_process import start_service
+
+    fs = FeatureSet(DataConfig(), FeatureConfig())
+    with OnlineStore(trained_world.data_dir.online_store, fs) as store:
+        store.materialize(trained_world.con, as_of=trained_world.end)
+    service = start_service(trained_world.data_dir.root)
+    yield service
+    service.stop()

@@ -1,0 +1,131 @@
+"""The real-time BentoML service: POST /recommend, /events and /score over the serving runtime.
+
+Started by `nba serve` (or `bentoml serve serving.service:NextBestAction` with NBA_DATA and
+optionally NBA_CONFIG set). The champion bundle and the online store are opened once per worker
+in `__init__`; each endpoint is a typed `@bentoml.api` method, so BentoML validates the request
+against the pydantic models of `serving/api_models.py` before the method runs. The guard in front
+(`serving/http_guard.py`) checks the bearer token, the body size and the JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from serving.api_models import (
+    Context,
+    EventIn,
+    EventsResponse,
+    RecommendResponse,
+    ScoreResponse,
+)
+from serving.config import load_service_config
+from serving.http_guard import HttpGuard
+from serving.runtime import TOKEN_VARIABLE, RequestError, ServingRuntime
+
+DATA_VARIABLE = "NBA_DATA"
+CONFIG_VARIABLE = "NBA_CONFIG"
+WRITE_PATHS = ("/events",)
+READ_PATHS = ("/recommend", "/score")
+
+
+def _config_path() -> Path | None:
+    value = os.environ.get(CONFIG_VARIABLE)
+    return Path(value) if value else None
+
+
+# The decorator needs the worker count and the guard's settings when the module is imported.
+_SERVICE = load_service_config(_config_path())
+_MAX_EVENTS = _SERVICE.max_events_per_call
+_MAX_SCORE = _SERVICE.max_customers_per_score
+
+
+def _refusal(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
+
+
+@bentoml.service(
+    name="nba",
+    workers=_SERVICE.workers,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": False}},
+)
+class NextBestAction:
+    """Next best action for any customer, on any channel, in real time."""
+
+    def __init__(self) -> None:
+        data = os.environ.get(DATA_VARIABLE)
+        if not data:
+            raise RuntimeError(f"set {DATA_VARIABLE} to the data directory to serve")
+        self.runtime = ServingRuntime.open(Path(data), _config_path())
+
+    @bentoml.api(route="/recommend")
+    def recommend(
+        self,
+        customer: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=500,
+                description="A customer_id or any identifier `type:value` (email:..., loyalty:...).",
+            ),
+        ],
+        channel: Annotated[
+            str, Field(min_length=1, max_length=100, description="The channel asking.")
+        ],
+        context: Context | None = None,
+        k: Annotated[int, Field(ge=1, le=20, description="Ranked actions to return.")] = 3,
+        explain: Annotated[bool, Field(description="Reasons in plain words.")] = True,
+    ) -> RecommendResponse:
+        """The ranked allowed actions for the customer now, or do nothing."""
+        try:
+            return self.runtime.recommend(
+                customer,
+                channel,
+                k=k,
+                explain=explain,
+                context=None if context is None else context.model_dump(exclude_none=True),
+            )
+        except RequestError as exc:
+            return _refusal(exc)
+
+    @bentoml.api(route="/events")
+    def events(
+        self,
+        events: Annotated[
+            list[EventIn],
+            Field(min_length=1, max_length=_MAX_EVENTS, description="Contract events."),
+        ],
+    ) -> EventsResponse:
+        """Accept a batch of events: each accepted one is durable and applied online before
+        the answer; each rejected one is named with its reason. Re-sending changes nothing."""
+        return self.runtime.events(events)
+
+    @bentoml.api(route="/score")
+    def score(
+        self,
+        customers: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=500)]],
+            Field(min_length=1, max_length=_MAX_SCORE, description="customer_ids or keys."),
+        ],
+        explain: Annotated[bool, Field(description="Reasons in plain words.")] = True,
+    ) -> ScoreResponse:
+        """The batch path's decisions for up to max_customers_per_score customers."""
+        try:
+            return self.runtime.score(customers, explain=explain)
+        except RequestError as exc:
+            return _refusal(exc)
+
+
+NextBestAction.add_asgi_middleware(
+    HttpGuard,
+    token=os.environ.get(TOKEN_VARIABLE) or None,
+    protected=WRITE_PATHS + (READ_PATHS if _SERVICE.protect_reads else ()),
+    max_body_bytes=_SERVICE.max_body_bytes,
+    disabled=() if _SERVICE.writes_enabled else WRITE_PATHS,
+)

@@ -1,0 +1,91 @@
+"""The real service as a user meets it: `nba serve` started as a process, called over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+NBA = str(Path(sys.executable).parent / "nba")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """A running `nba serve`: its URL, token and process (its own session, for kill -9)."""
+
+    url: str
+    token: str
+    process: subprocess.Popen
+    log: Path
+
+    def post(self, path: str, body: dict | None = None, token: str | None = "", **kw):
+        headers = kw.pop("headers", {})
+        given = self.token if token == "" else token
+        if given is not None:
+            headers["Authorization"] = f"Bearer {given}"
+        return httpx.post(self.url + path, json=body, headers=headers, timeout=60, **kw)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the whole service (its workers too) and wait for it."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_service(
+    data: Path,
+    token: str = "test-token",
+    config: Path | None = None,
+    port: int | None = None,
+    timeout: float = 180,
+) -> ServiceProcess:
+    """Start `nba serve` on `data` and wait until /readyz answers 200."""
+    port = port or free_port()
+    log = Path(data) / f"service-{port}.log"
+    env = {**os.environ, "NBA_API_TOKEN": token} if token else dict(os.environ)
+    if not token:
+        env.pop("NBA_API_TOKEN", None)
+    cmd = [NBA, "serve", "--data", str(data), "--port", str(port)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    svc = ServiceProcess(f"http://127.0.0.1:{port}", token, process, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nba serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(svc.url + "/readyz", timeout=2).status_code == 200:
+                return svc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    svc.kill()
+    raise RuntimeError(f"nba serve not ready after {timeout} s:\n{log.read_text()}")
