@@ -42,15 +42,21 @@ def trained_world(tmp_path_factory) -> TrainedWorld:
 
 
 @pytest.fixture(scope="session")
-def served_world(trained_world):
-    """The trained world with its online store materialised and `nba serve` running on it."""
+def online_world(trained_world) -> TrainedWorld:
+    """The trained world with its online store materialised as of the end of its history."""
     from features.online_store import OnlineStore
-
-    from service_process import start_service
 
     fs = FeatureSet(DataConfig(), FeatureConfig())
     with OnlineStore(trained_world.data_dir.online_store, fs) as store:
         store.materialize(trained_world.con, as_of=trained_world.end)
-    service = start_service(trained_world.data_dir.root)
+    return trained_world
+
+
+@pytest.fixture(scope="session")
+def served_world(online_world):
+    """`nba serve` running on the online world (tests share it: each uses its own customers)."""
+    from service_process import start_service
+
+    service = start_service(online_world.data_dir.root)
     yield service
     service.stop()
