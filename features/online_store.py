@@ -588,6 +588,14 @@ class OnlineStore:
             ).fetchone()
         return None if row is None else row[0]
 
+    def knows(self, customer_id: str) -> bool:
+        """True for a customer with online state, a profile or an identifier here."""
+        with self._lock:
+            row = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
+            return (
+                row[1] is not None or row[3] is not None or self._known_without_state(customer_id)
+            )
+
     def identifiers(self, customer_id: str) -> list[str]:
         """Every identifier the store links to a customer, sorted."""
         with self._lock:

@@ -96,6 +96,70 @@ def _column(X: pd.DataFrame | FrameArrays, name: str) -> np.ndarray:
     return np.asarray(X.column(name), dtype=float)
 
 
+@dataclass(frozen=True)
+class _Condition:
+    """One condition that can forbid actions: what it is, and the reason a customer is told."""
+
+    kind: str  # live, consent, cooldown, quiet, cap, rule
+    reason: str
+    key: object = None  # the action (live), the channel (consent), the Cap or the Rule
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which conditions each action checks, in order: computed once per catalogue, policy and
+    mode; each decision only computes the conditions' masks."""
+
+    conditions: list[_Condition]
+    checks: np.ndarray  # actions x most checks: condition rows, padded with the never-failing row
+    said: np.ndarray  # reason per condition row ('' for the padding)
+
+
+_PLANS: dict[tuple, tuple[Catalogue, ContactPolicy, _Plan]] = {}
+
+
+def _plan(
+    catalogue: Catalogue, policy: ContactPolicy, realtime: frozenset, immediate: bool
+) -> _Plan:
+    key = (id(catalogue), id(policy), realtime, immediate)
+    found = _PLANS.get(key)
+    if found is not None and found[0] is catalogue and found[1] is policy:
+        return found[2]
+    conditions: list[_Condition] = []
+    index: dict[tuple, int] = {}
+
+    def row(kind: str, reason: str, key: object = None) -> int:
+        # the reason names the condition, but for the live dates (per action) and consent
+        name = (kind, reason, key.id if kind == "live" else key if kind == "consent" else None)
+        if name not in index:
+            index[name] = len(conditions)
+            conditions.append(_Condition(kind, reason, key))
+        return index[name]
+
+    per_action = []
+    for action in catalogue.actions:
+        checks = [row("live", NOT_LIVE, action)]
+        if policy.require_consent:
+            checks.append(row("consent", NO_CONSENT, action.channel))
+        checks.append(row("cooldown", COOLDOWN))
+        if immediate and action.channel in realtime:
+            checks.append(row("quiet", QUIET))
+        checks += [
+            row("cap", cap_reason(cap), cap)
+            for cap in policy.caps
+            if cap.channel in (None, action.channel)
+        ]
+        checks += [row("rule", f"rule: {rule.text}", rule) for rule in action.rules]
+        per_action.append(checks)
+    width = max(len(c) for c in per_action)
+    never = len(conditions)
+    table = np.array([c + [never] * (width - len(c)) for c in per_action], dtype=np.intp)
+    said = np.array([c.reason for c in conditions] + [""], dtype=object)
+    plan = _Plan(conditions, table, said)
+    _PLANS[key] = (catalogue, policy, plan)
+    return plan
+
+
 def eligibility(
     features: pd.DataFrame | FrameArrays,
     as_of: pd.Timestamp | pd.Series,
@@ -103,52 +167,45 @@ def eligibility(
     policy: ContactPolicy,
     data: DataConfig,
     immediate: bool,
+    check: bool = True,
 ) -> Eligibility:
     """Which actions each customer may receive at `as_of`, and the first rule that forbids the rest.
 
     `immediate`: the contact goes out now (a real-time request), so quiet hours apply to real-time
     channels; a batch campaign instead schedules the send outside them (see `send_hours`).
-    Each condition is computed once and shared by the actions it applies to.
+    Each condition is computed once and shared by the actions it applies to. `check=False`:
+    the caller has checked the feature columns (`check_columns`) already.
     """
-    check_columns(list(features.columns), catalogue, policy)
-    n, k = len(features), len(catalogue.actions)
-    realtime = {c.name for c in data.channels if c.realtime}
+    if check:
+        check_columns(list(features.columns), catalogue, policy)
+    n = len(features)
+    realtime = frozenset(c.name for c in data.channels if c.realtime)
+    plan = _plan(catalogue, policy, realtime, immediate)
     as_of = pd.to_datetime(as_of, utc=True)
-    quiet = policy.quiet_hours.is_quiet(local_hour(as_of, n, policy.quiet_hours.utc_offset_hours))
-    with np.errstate(invalid="ignore"):  # NaN days since (never opted out) is not cooling down
-        cooling = _column(features, COOLDOWN_COLUMN) < policy.cooldown_days
     day_codes, days = _decision_days(as_of, n)
-    no_consent = {
-        channel: ~(_column(features, consent_column(channel)) > 0.5)
-        for channel in {a.channel for a in catalogue.actions}
-        if policy.require_consent
-    }
-    capped = [
-        (cap, np.nan_to_num(_column(features, cap_column(cap)), nan=0.0) + 1 > cap.max_contacts)
-        for cap in policy.caps
-    ]
-    failed_rule = {
-        rule.text: ~rule.evaluate(features) for a in catalogue.actions for rule in a.rules
-    }
-
-    allowed = np.empty((n, k), dtype=bool)
-    blocked = np.empty((n, k), dtype=object)
-    for j, action in enumerate(catalogue.actions):
-        live = np.array([action.live_on(day) for day in days], dtype=bool)[day_codes]
-        checks = [(~live, NOT_LIVE)]
-        if policy.require_consent:
-            checks.append((no_consent[action.channel], NO_CONSENT))
-        checks.append((cooling, COOLDOWN))
-        if immediate and action.channel in realtime:
-            checks.append((quiet, QUIET))
-        checks += [
-            (over, cap_reason(cap)) for cap, over in capped if cap.channel in (None, action.channel)
-        ]
-        checks += [(failed_rule[rule.text], f"rule: {rule.text}") for rule in action.rules]
-        masks = [m for m, _ in checks]
-        allowed[:, j] = ~np.logical_or.reduce(masks)
-        blocked[:, j] = np.select(masks, [r for _, r in checks], default="")  # first that fails
-    return Eligibility(allowed, blocked)
+    masks = np.zeros((len(plan.conditions) + 1, n), dtype=bool)  # the last row never fails
+    for i, c in enumerate(plan.conditions):
+        if c.kind == "live":
+            masks[i] = ~np.array([c.key.live_on(day) for day in days], dtype=bool)[day_codes]
+        elif c.kind == "consent":
+            masks[i] = ~(_column(features, consent_column(c.key)) > 0.5)
+        elif c.kind == "cooldown":
+            with np.errstate(invalid="ignore"):  # NaN days since (never opted out): not cooling
+                masks[i] = _column(features, COOLDOWN_COLUMN) < policy.cooldown_days
+        elif c.kind == "quiet":
+            hours = local_hour(as_of, n, policy.quiet_hours.utc_offset_hours)
+            masks[i] = policy.quiet_hours.is_quiet(hours)
+        elif c.kind == "cap":
+            # a missing count is no contact (fmax, a ufunc, is nan_to_num for counts, 20x faster)
+            masks[i] = np.fmax(_column(features, cap_column(c.key)), 0.0) + 1 > c.key.max_contacts
+        else:
+            masks[i] = ~c.key.evaluate(features)
+    fails = masks[plan.checks]  # actions x checks x customers
+    first = np.argmax(fails, axis=1)  # the first condition that fails, in the order checked
+    failed = np.take_along_axis(fails, first[:, None, :], axis=1)[:, 0, :]
+    which = np.take_along_axis(plan.checks, first, axis=1)
+    blocked = np.where(failed, plan.said[which], "")
+    return Eligibility(np.ascontiguousarray(~failed.T), blocked.T.copy())
 
 
 def send_hours(

@@ -80,7 +80,7 @@ class RealtimeDecider:
         found = self.store.resolve(key)
         if found is not None:
             return Customer(key, found, True)
-        if KEY_SEPARATOR not in key and self.store.read_row(key) is not None:
+        if KEY_SEPARATOR not in key and self.store.knows(key):
             return Customer(key, key, True)  # a customer_id
         return Customer(key, customer_id_of(key), False)
 
@@ -115,9 +115,10 @@ class RealtimeDecider:
     def decide(self, arrays: FrameArrays, as_of_us: int, reasons: bool = True) -> Decisions:
         """The policy's real-time decision on one customer's arrays."""
         as_of = pd.Timestamp(as_of_us, unit="us", tz="UTC")
-        with self._rng_lock:
-            rng = np.random.default_rng(self._rng.integers(2**63))
-        return self.policy.decide(arrays, as_of=as_of, immediate=True, reasons=reasons, rng=rng)
+        with self._rng_lock:  # one random stream for the process: decisions draw in turn
+            return self.policy.decide(
+                arrays, as_of=as_of, immediate=True, reasons=reasons, rng=self._rng
+            )
 
     def recommend(
         self,
