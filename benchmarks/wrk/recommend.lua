@@ -1,0 +1,81 @@
+-- POST /recommend for wrk (benchmarks/serving.py): a random customer key of the list per request,
+-- closed loop, or paced to a fixed rate with delay() on an absolute schedule.
+--
+--   wrk -t1 -c8 -d12s -s recommend.lua http://127.0.0.1:3000/recommend -- KEYS RATE K EXPLAIN
+--
+-- KEYS: a file of JSON string literals, one a line; RATE: requests/s of this thread (0: as
+-- fast as the connections go); K and EXPLAIN: the request's fields. done() prints one line
+-- `NBA_WRK {json}` with the counts and latency percentiles (microseconds).
+
+local ffi = require("ffi")
+ffi.cdef([[
+typedef struct { long tv_sec; long tv_nsec; } nba_timespec;
+int clock_gettime(int clk_id, nba_timespec *tp);
+]])
+local clock = ffi.new("nba_timespec")
+
+local function now_ms()
+  ffi.C.clock_gettime(1, clock) -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("seed", #threads)
+end
+
+local keys = {}
+local interval = 0
+local slot = nil
+local k = 3
+local explain = "true"
+
+function init(args)
+  for line in io.lines(args[1]) do
+    keys[#keys + 1] = line
+  end
+  local rate = tonumber(args[2] or "0")
+  if rate > 0 then
+    interval = 1000 / rate
+  end
+  k = tonumber(args[3] or "3")
+  explain = args[4] or "true"
+  math.randomseed(seed or 1)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function delay()
+  if interval == 0 then
+    return 0
+  end
+  local now = now_ms()
+  if slot == nil or slot < now - 1000 then
+    slot = now -- start, or a stall of over a second: do not burst to catch up
+  end
+  local wait = slot - now
+  slot = slot + interval
+  return wait > 0 and wait or 0
+end
+
+function request()
+  local key = keys[math.random(#keys)]
+  local body = string.format(
+    '{"customer":%s,"channel":"web","k":%d,"explain":%s}', key, k, explain
+  )
+  return wrk.format(nil, nil, nil, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'NBA_WRK {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,'
+      .. '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,'
+      .. '"max_us":%d,"mean_us":%.1f,"accepted":0}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean
+  ))
+end
