@@ -2,7 +2,9 @@
 
 A pure ASGI middleware, so a refused request costs no parsing: a missing or wrong token is a
 401, a body over the limit a 413 (read no further), a body that is not JSON a 400 naming where
-it breaks. Every refusal is a JSON body `{"error": ..., "field": ...}`, never a stack trace.
+it breaks. Every refusal is a JSON body `{"error": ..., "field": ...}`, never a stack trace;
+BentoML's own 400 for a request that fails its pydantic model is rewritten into the same shape
+(its `detail` is a list where its OpenAPI description promises a string).
 """
 
 from __future__ import annotations
@@ -26,6 +28,59 @@ async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="nba"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def field_path(loc: list[Any]) -> str:
+    """pydantic's error location as one path: ["events", 0, "ts"] -> "events[0].ts"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def plain_error(body: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's validation answer `{"error", "detail": [pydantic errors]}` in our shape: the
+    first field and what was expected, every error in one `detail` string."""
+    errors = [e for e in body["detail"] if isinstance(e, dict)]
+    said = [f"{field_path(e.get('loc') or [])}: {e.get('msg', 'invalid')}" for e in errors]
+    first = field_path(errors[0].get("loc") or []) if errors else "body"
+    more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
+    return {
+        "error": (said[0] if said else body.get("error", "invalid request")) + more,
+        "field": first or "body",
+        "detail": "; ".join(said),
+    }
+
+
+def plain_validation_errors(send: Send) -> Send:
+    """`send` with a 400 whose `detail` is a list of pydantic errors rewritten by plain_error."""
+    held: Message | None = None
+    chunks = bytearray()
+
+    async def wrapped(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message.get("status") == 400:
+            held = message
+            return
+        if held is None:
+            await send(message)
+            return
+        chunks.extend(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        payload = bytes(chunks)
+        try:
+            parsed = json.loads(payload)
+            if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
+                payload = json.dumps(plain_error(parsed)).encode()
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        headers = [(k, v) for k, v in held.get("headers") or [] if k != b"content-length"]
+        headers.append((b"content-length", b"%d" % len(payload)))
+        await send({**held, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return wrapped
 
 
 class HttpGuard:
@@ -103,7 +158,7 @@ class HttpGuard:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, plain_validation_errors(send))
 
     def _authorised(self, scope: Scope) -> bool:
         if self.token is None:
