@@ -656,16 +656,11 @@ class OnlineStore:
         `as_of_us` earlier than the state raises; equal to it, an event stamped exactly then
         (already applied) counts, where the batch engine would leave it out. The default, now,
         moves to just after the state's time when an event is stamped ahead of this clock."""
-        with self._lock:
-            last_us, base, win, data = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
-            if base is None and data is None and not self._known_without_state(customer_id):
-                return None
-        state = self._stored(last_us, base, win)
-        t = self._as_of(state.last_us, as_of_us, customer_id)
-        values = self.updater.features_at(state, t).tolist()
-        out = dict(zip(self._names, values, strict=True))
-        if self._profile_names:
-            out.update(zip(self._profile_names, self._profile_values(data), strict=True))
+        row = self.read_row(customer_id, as_of_us)
+        if row is None:
+            return None
+        out = dict(zip(self._names, row.features.tolist(), strict=True))
+        out.update(zip(self._profile_names, row.profile, strict=True))
         return out
 
     def read_row(self, customer_id: str, as_of_us: int | None = None) -> OnlineRow | None:
