@@ -21,7 +21,7 @@ from features.batch import AS_OF
 from features.config import DataConfig
 from features.contract import CUSTOMER_ID
 from serving.arbitration import ScoredActions, score_actions
-from serving.catalogue import NOTHING, Action, Catalogue, load_catalogue
+from serving.catalogue import NOTHING, Catalogue, load_catalogue
 from serving.config import PolicyConfig
 from serving.contact_policy import Eligibility, check_columns, eligibility, send_hours
 from serving.exploration import choice_probabilities, sample, with_nothing
@@ -289,33 +289,38 @@ class DecisionPolicy:
         texts = np.full((n, k), "", dtype=object)
         model = np.full(n, "", dtype=object)
         chosen = table["action_id"]
-        for action in self.catalogue.actions:
-            rows = np.flatnonzero(chosen == action.id)
-            if len(rows) == 0:
-                continue
-            found, which = self.explain(features, rows, action)
-            for r, reasons in zip(rows, found, strict=True):
+        acted = np.flatnonzero(chosen != NOTHING)
+        if len(acted):
+            found, model[acted] = self.explain(features, acted, chosen[acted])
+            for r, reasons in zip(acted, found, strict=True):
                 texts[r, : len(reasons)] = [x.text for x in reasons]
-            model[rows] = which
         nothing = np.flatnonzero(chosen == NOTHING)
         none_eligible = table["eligible_actions"][nothing] == 0
-        texts[nothing[none_eligible], 0] = NONE_ALLOWED
-        texts[nothing[~none_eligible], 0] = NOT_WORTH_IT
+        texts[nothing, 0] = np.where(none_eligible, NONE_ALLOWED, NOT_WORTH_IT)
         for i in range(k):
             table[f"reason_{i + 1}"] = texts[:, i]
         table["reasons_from"] = model
 
+    @staticmethod
+    def nothing_reason(eligible_actions: int) -> str:
+        """Why "do nothing" was the answer: nothing was allowed, or nothing was worth it."""
+        return NONE_ALLOWED if eligible_actions == 0 else NOT_WORTH_IT
+
     def explain(
-        self, features: pd.DataFrame | FrameArrays, rows: np.ndarray, action: Action
-    ) -> tuple[list[list[Reason]], str]:
-        """The top reasons for giving `action` to customers `rows`, and which model gave them."""
+        self, features: pd.DataFrame | FrameArrays, rows: np.ndarray, action_ids: np.ndarray
+    ) -> tuple[list[list[Reason]], np.ndarray]:
+        """The top reasons for giving customer rows[i] the action action_ids[i], and which model
+        gave them: one SHAP call per deciding model for all of them."""
         taken = features.iloc[rows] if isinstance(features, pd.DataFrame) else features.take(rows)
+        channel_of = {a.id: a.channel for a in self.catalogue.actions}
+        ids, at = np.unique(np.asarray(action_ids, dtype=object), return_inverse=True)
+        channels = np.array([channel_of[a] for a in ids], dtype=object)[at]
         return explain(
             self.bundle,
             self.cfg.scoring,
             taken,
-            action.channel,
-            action.id,
+            channels,
+            ids[at],
             self.words,
             self.cfg.reasons,
         )

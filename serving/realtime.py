@@ -133,7 +133,7 @@ class RealtimeDecider:
         customer = self.customer(key)
         row = self.row(customer, as_of_us)
         arrays = self.arrays(row)
-        decisions = self.decide(arrays, row.as_of_us, reasons=explain)
+        decisions = self.decide(arrays, row.as_of_us, reasons=False)
         record = decisions.record(0)
         ranked = [c for c in decisions.candidates(0) if math.isfinite(c["score"])][:k]
         if explain:
@@ -145,17 +145,26 @@ class RealtimeDecider:
     def _add_reasons(
         self, ranked: list[dict[str, object]], record: dict[str, object], arrays: FrameArrays
     ) -> None:
-        """Up to three reasons per recommended action: the decision's own for the chosen one,
-        the deciding model's contributions for the others."""
-        chosen = record["action_id"]
-        actions = {a.id: a for a in self.policy.catalogue.actions}
+        """The decision's reason_1..n as the batch path gives them, and up to three reasons per
+        recommended action, from one SHAP call for the chosen action and the ranked ones."""
+        chosen = str(record["action_id"])
+        acted = [chosen] if chosen != NOTHING else []
+        acted += [str(c["action_id"]) for c in ranked if c["action_id"] not in (NOTHING, chosen)]
+        reasons: dict[str, list[str]] = {}
+        if acted:
+            found, models = self.policy.explain(arrays, np.zeros(len(acted), np.int64), acted)
+            reasons = {a: [r.text for r in f] for a, f in zip(acted, found, strict=True)}
+        n = self.policy.cfg.reasons
+        if chosen == NOTHING:
+            texts = [self.policy.nothing_reason(int(record["eligible_actions"]))]
+            record["reasons_from"] = ""
+        else:
+            texts = reasons[chosen]
+            record["reasons_from"] = models[0]
+        for i in range(n):
+            record[f"reason_{i + 1}"] = texts[i] if i < len(texts) else ""
         for c in ranked:
-            if c["action_id"] == chosen:
-                n = self.policy.cfg.reasons
-                texts = [record.get(f"reason_{i + 1}", "") for i in range(n)]
-                c["reasons"] = [t for t in texts if t][:MAX_REASONS]
-            elif c["action_id"] == NOTHING:
+            if c["action_id"] == NOTHING:
                 c["reasons"] = ["doing nothing costs nothing and earns no uplift"]
             else:
-                found, _ = self.policy.explain(arrays, np.array([0]), actions[c["action_id"]])
-                c["reasons"] = [r.text for r in found[0]][:MAX_REASONS]
+                c["reasons"] = reasons[str(c["action_id"])][:MAX_REASONS]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,31 +168,41 @@ class FeatureWords:
         return f"{name.replace('_', ' ')}: {_n(v)}"
 
 
+def deciding_model(bundle: ModelBundle, scoring: str, channel: str) -> tuple[Any, str]:
+    """The model behind the score of an action on `channel`, and which kind it is."""
+    if scoring == "uplift" and hasattr(bundle.uplift, "contribution_matrix"):
+        return bundle.uplift, "uplift"
+    model = bundle.response_model_for(channel)
+    if model is None:
+        raise ValueError(f"no model can explain decisions on {channel}")
+    return model, "response"
+
+
 def deciding_contributions(
     bundle: ModelBundle, scoring: str, frame: pd.DataFrame | FrameArrays, channel: str
 ) -> tuple[pd.DataFrame, str]:
     """Contributions of the model behind the score, for rows of one action; and which model."""
-    if scoring == "uplift" and hasattr(bundle.uplift, "contributions"):
-        return bundle.uplift.contributions(frame), "uplift"
-    model = bundle.response_model_for(channel)
-    if model is None:
-        raise ValueError(f"no model can explain decisions on {channel}")
-    return model.contributions(frame), "response"
+    model, which = deciding_model(bundle, scoring, channel)
+    return model.contributions(frame), which
 
 
 def top_reasons(
-    contributions: pd.DataFrame, inputs: pd.DataFrame | FrameArrays, words: FeatureWords, k: int
+    values: np.ndarray,
+    names: list[str],
+    inputs: pd.DataFrame | FrameArrays,
+    words: FeatureWords,
+    k: int,
 ) -> list[list[Reason]]:
-    """The k largest |contributions| of each row, as sentences.
+    """The k largest |contributions| of each row (`values`: a column per feature of `names`),
+    as sentences.
 
     Neither the bias nor the action's own channel and id are reasons: they are the same for every
     customer offered the action and say nothing about the customer.
     """
-    contrib = contributions.drop(columns=["bias", CHANNEL, ACTION_ID], errors="ignore")
-    values = contrib.to_numpy(dtype=float)
+    keep = np.flatnonzero(~np.isin(names, ["bias", CHANNEL, ACTION_ID]))
+    values, names = values[:, keep], np.asarray(names, dtype=object)[keep]
     k = min(k, values.shape[1])
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    names = np.asarray(contrib.columns)
     present = set(inputs.columns)
     columns = {  # only the columns some row's reasons name
         names[j]: column_values(inputs, names[j]).astype(object)
@@ -215,20 +226,37 @@ def explain(
     bundle: ModelBundle,
     scoring: str,
     features: pd.DataFrame | FrameArrays,
-    channel: str,
-    action_id: str,
+    channels: np.ndarray | str,
+    action_ids: np.ndarray | str,
     words: FeatureWords,
     k: int,
-) -> tuple[list[list[Reason]], str]:
-    """Top-k reasons for giving `action_id` to each customer of `features` (a frame or arrays)."""
+) -> tuple[list[list[Reason]], np.ndarray]:
+    """Top-k reasons for giving row i of `features` (a frame or arrays) the action
+    `action_ids[i]` on `channels[i]` (or one action for all), and the model behind each: one
+    SHAP call per deciding model, however many actions."""
     pairs = (
         FrameArrays.of(features, bundle.customer_features)
         if isinstance(features, pd.DataFrame)
         else features
     )
-    pairs = pairs.with_columns({CHANNEL: channel, ACTION_ID: action_id})
-    contributions, model = deciding_contributions(bundle, scoring, pairs, channel)
-    return top_reasons(contributions, pairs, words, k), model
+    n = len(pairs)
+    pairs = pairs.with_columns({CHANNEL: channels, ACTION_ID: action_ids})
+    on = np.broadcast_to(np.asarray(channels, dtype=object), (n,))
+    groups: dict[int, tuple[Any, str, list[np.ndarray]]] = {}
+    for channel in pd.unique(on):
+        model, which = deciding_model(bundle, scoring, str(channel))
+        groups.setdefault(id(model), (model, which, []))[2].append(np.flatnonzero(on == channel))
+    found: list[list[Reason]] = [[] for _ in range(n)]
+    models = np.empty(n, dtype=object)
+    for model, which, parts in groups.values():
+        rows = np.sort(np.concatenate(parts))  # the rows' own order: all rows take no copy
+        subset = pairs if len(rows) == n else pairs.take(rows)
+        values = model.contribution_matrix(subset)[:, :-1]  # the bias is no reason
+        reasons = top_reasons(values, model.feature_names, subset, words, k)
+        for r, row_reasons in zip(rows, reasons, strict=True):
+            found[r] = row_reasons
+        models[rows] = which
+    return found, models
 
 
 def _plain(v):

@@ -361,9 +361,13 @@ class CalibratedClassifier:
         fitted = self.calibrator_.calibrated_classifiers_
         return np.mean([_calibrated(c.calibrators[0], raw) for c in fitted], axis=0)
 
+    def contribution_matrix(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
+        """LightGBM's SHAP values on the raw score (log-odds): a column per feature, then bias."""
+        return self.model_.booster_.predict(self.encoder_.matrix(X), pred_contrib=True)
+
     def contributions(self, X: pd.DataFrame | FrameArrays) -> pd.DataFrame:
         """Per-feature contributions to the raw score (log-odds), plus `bias` (LightGBM SHAP)."""
-        raw = self.model_.booster_.predict(self.encoder_.matrix(X), pred_contrib=True)
+        raw = self.contribution_matrix(X)
         return pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=_index(X))
 
     def feature_importance(self) -> pd.Series:
@@ -793,10 +797,16 @@ class UpliftRLearner:
         p0 = np.clip(m - self._treated_share(X) * tau, 0.0, 1.0)
         return np.clip(p0 + tau, 0.0, 1.0), p0
 
+    def contribution_matrix(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
+        """The effect model's SHAP values in probability points: a column per feature, then its
+        bias, without the action's mean effect (which needs the baseline's prediction: reasons
+        rank the features only and skip it)."""
+        return self.model_.booster_.predict(self.encoder_.matrix(X), pred_contrib=True)
+
     def contributions(self, X: pd.DataFrame | FrameArrays) -> pd.DataFrame:
         """Per-feature contributions to tau(x) in probability points, plus `bias` (the mean
         effect): why a contact would change this customer's purchase probability."""
-        raw = self.model_.booster_.predict(self.encoder_.matrix(X), pred_contrib=True)
+        raw = self.contribution_matrix(X)
         raw[:, -1] += self._action_effect(X)
         return pd.DataFrame(raw, columns=[*self.feature_names, "bias"], index=_index(X))
 

@@ -57,6 +57,13 @@ def served_world(online_world):
     """`nba serve` running on the online world (tests share it: each uses its own customers)."""
     from service_process import start_service
 
-    service = start_service(online_world.data_dir.root)
+    # the customers' local time is set to midday now: quiet hours would otherwise silence SMS
+    # and push in the evening, and whether a test finds an SMS to cap would depend on the clock
+    offset = (12 - pd.Timestamp.now(tz="UTC").hour + 12) % 24 - 12
+    config = online_world.data_dir.root / "service-test-config.yaml"
+    config.write_text(
+        f"policy:\n  contact_policy:\n    quiet_hours:\n      utc_offset_hours: {offset}\n"
+    )
+    service = start_service(online_world.data_dir.root, config=config)
     yield service
     service.stop()

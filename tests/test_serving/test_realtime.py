@@ -52,6 +52,32 @@ def test_real_time_decisions_equal_the_batch_path_for_200_customers(online_world
     assert batch["action_id"].nunique() > 2, "the comparison should cover several actions"
 
 
+def test_recommend_gives_the_decision_the_policy_gives_with_its_reasons(online_world, decider):
+    """`recommend` explains the chosen and the ranked actions in one call of its own: the decision
+    it logs carries the same action and reasons as the policy's decision, and every recommended
+    action its own reasons."""
+    ids = sorted(online_world.features[CUSTOMER_ID])[:60]
+    t_us = (online_world.end - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    by_policy = RealtimeDecider(decider.policy, decider.store)  # fresh: the same random stream
+    by_recommend = RealtimeDecider(decider.policy, decider.store)
+    explained = 0
+    for cid in ids:
+        row = by_policy.row(by_policy.customer(cid), t_us)
+        expected = by_policy.decide(by_policy.arrays(row), row.as_of_us).record(0)
+        rec = by_recommend.recommend(cid, "web", k=5, explain=True, as_of_us=t_us)
+        assert rec.decision["action_id"] == expected["action_id"], cid
+        assert rec.decision["reasons_from"] == expected["reasons_from"], cid
+        held_out = rec.decision["logged_as"] == "holdout"  # its first reason says so instead
+        for k in (2, 3) if held_out else (1, 2, 3):
+            assert rec.decision[f"reason_{k}"] == expected[f"reason_{k}"], (cid, k)
+        for action in rec.actions:
+            assert 1 <= len(action["reasons"]) <= 3, (cid, action["action_id"])
+            if action["action_id"] == expected["action_id"] != "do_nothing":
+                assert action["reasons"] == [expected[f"reason_{k}"] for k in (1, 2, 3)]
+            explained += action["action_id"] != "do_nothing"
+    assert explained > len(ids), "several actions per customer should have been explained"
+
+
 def test_an_unknown_customer_gets_a_cold_start_answer(decider):
     rec = decider.recommend("email:nobody-has-this-address", "web", k=5)
     assert not rec.customer.known
