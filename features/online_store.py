@@ -71,7 +71,7 @@ from features.contract import (
 )
 from features.definitions import FeatureSet, profile_columns
 from features.identity import customer_id_of
-from features.streaming import CustomerState, OutOfOrderEvent, StreamingUpdater
+from features.streaming import CustomerState, StreamingUpdater
 
 # rejection reasons: the validation step's names where the check is the same, in its order
 from features.validation import (  # noqa: E402
@@ -91,7 +91,6 @@ from features.validation import (  # noqa: E402
     UNPARSEABLE_TIMESTAMP,
 )
 
-OUT_OF_ORDER = "out_of_order"
 APPLY_REASONS = [
     MISSING_EVENT_ID,
     EMPTY_CUSTOMER_KEY,
@@ -107,7 +106,6 @@ APPLY_REASONS = [
     NON_NUMERIC_PROPENSITY,
     PROPENSITY_OUT_OF_RANGE,
     DUPLICATE,
-    OUT_OF_ORDER,
 ]
 
 SCHEMA_VERSION = 1
@@ -899,11 +897,7 @@ class OnlineStore:
                     state, is_new = self.updater.new_state(), True
                 else:
                     state = self._decode(*row)
-            try:
-                apply(state, ts, b.channel[i], b.event_type[i], b.amount[i], b.category[i])
-            except OutOfOrderEvent:
-                reasons[i] = OUT_OF_ORDER
-                continue
+            apply(state, ts, b.channel[i], b.event_type[i], b.amount[i], b.category[i])
             states[cid] = state
             touched.add(cid)
             seen.add(eid)

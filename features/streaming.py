@@ -8,6 +8,7 @@ engine computes, so both agree to float tolerance (the parity test checks it).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,10 +17,6 @@ from features.definitions import FeatureSet
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 86_400_000_000
-
-
-class OutOfOrderEvent(ValueError):
-    """An event older than the customer's last applied event: applying it would corrupt state."""
 
 
 @dataclass
@@ -126,34 +123,41 @@ class StreamingUpdater:
         amount: float | None = None,
         category: str | None = None,
     ) -> None:
-        """Apply one event in place. Raises OutOfOrderEvent and leaves the state untouched."""
+        """Apply one event in place, in time order or late.
+
+        A late event (older than the customer's last applied one: a channel's clock a second
+        behind the service's, a store's batch uploaded at night) is added exactly: decayed sums
+        take it at its weight exp(-lambda * (last - ts)), last/first times take the max/min, the
+        window buffer takes it in time order. The sums do not depend on the order of events, so
+        the state equals the one of the events applied in time order (to float tolerance).
+        """
+        weight = None
         if state.last_us is not None and ts_us < state.last_us:
-            raise OutOfOrderEvent(
-                f"event at {ts_us} us is older than the customer's last applied event "
-                f"at {state.last_us} us"
-            )
-        if state.last_us is not None and ts_us > state.last_us:
-            dt = float(ts_us - state.last_us)
-            state.base[self.decaying] *= np.exp(-self.decay[self.decaying] * dt)
-        state.last_us = ts_us
+            weight = np.exp(-self.decay * float(state.last_us - ts_us))  # 1 where not decaying
+        else:
+            if state.last_us is not None and ts_us > state.last_us:
+                dt = float(ts_us - state.last_us)
+                state.base[self.decaying] *= np.exp(-self.decay[self.decaying] * dt)
+            state.last_us = ts_us
         t = self._targets_for(channel, event_type)
         amt = 0.0 if amount is None or amount != amount else float(amount)
-        state.base[t.add_one] += 1.0
-        state.base[t.add_amount] += amt
-        dims = self._dim_targets(t, ts_us, category)
-        if dims.size:
-            # dimensional aggregates are counts or decayed counts of the event
-            state.base[dims] += 1.0
-        state.base[t.set_last] = float(ts_us)
-        firsts = state.base[t.set_first]
-        state.base[t.set_first] = np.where(np.isnan(firsts), float(ts_us), firsts)
-        for i in t.window:
-            state.window.append((ts_us, int(i)))
-        if state.window and self.max_window_us:
+        dims = self._dim_targets(t, ts_us, category)  # dimensional aggregates count the event
+        for targets, value in ((t.add_one, 1.0), (t.add_amount, amt), (dims, 1.0)):
+            if targets.size:
+                state.base[targets] += value if weight is None else value * weight[targets]
+        state.base[t.set_last] = np.fmax(state.base[t.set_last], float(ts_us))  # NaN: none yet
+        state.base[t.set_first] = np.fmin(state.base[t.set_first], float(ts_us))
+        horizon = state.last_us - self.max_window_us
+        if t.window.size and ts_us >= horizon:  # older than every window: it can never count
+            entries = [(ts_us, int(i)) for i in t.window]
+            if weight is None:
+                state.window.extend(entries)
+            else:
+                at = bisect.bisect_right(state.window, (ts_us, self.n))
+                state.window[at:at] = entries
+        if state.window and self.max_window_us and state.window[0][0] < horizon:
             # entries older than the longest window before the last event can never count again
-            horizon = ts_us - self.max_window_us
-            if state.window[0][0] < horizon:
-                state.window = [w for w in state.window if w[0] >= horizon]
+            state.window = [w for w in state.window if w[0] >= horizon]
 
     def base_at(self, state: CustomerState, as_of_us: int) -> np.ndarray:
         """The base aggregates as of `as_of_us` (after the last applied event)."""

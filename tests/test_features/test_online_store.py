@@ -1,4 +1,4 @@
-"""Online store: durability across restarts and crashes, idempotency, ordering, identity,
+"""Online store: durability across restarts and crashes, idempotency, late events, identity,
 nothing lost (applied + rejected == received), refusal of state from other definitions."""
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from features.online_store import (
     MISSING_EVENT_ID,
     MISSING_TIMESTAMP,
     NON_NUMERIC_AMOUNT,
-    OUT_OF_ORDER,
     UNKNOWN_CHANNEL,
     UNKNOWN_EVENT_TYPE,
     UNPARSEABLE_TIMESTAMP,
@@ -206,25 +205,51 @@ def test_duplicates_apply_once_within_and_across_batches(store):
     assert feats["all_purchase_count"] == 3.0 and feats["all_spend_sum"] == 30.0
 
 
-def test_out_of_order_event_is_rejected_and_state_unchanged(store):
-    store.apply_events(events(purchase("a", 0), purchase("b", 5)))
-    cid = store.resolve("loyalty:1")
-    row, feats = _state_row(store, cid), store.read(cid, T_US + 6 * DAY_US)
-    late = store.apply_events(
-        events(
-            purchase("late", 2, amount=99.0),
-            # a new identifier linked on the late event must not be recorded either
-            ("late2", 3, "email:new", "loyalty:1", "email", "open", None, None),
-        )
+def test_a_late_event_is_applied_as_if_it_had_come_in_time_order(tmp_path):
+    """Events older than the customer's last one (a channel's clock behind, a store's nightly
+    upload) are accepted and give the features of the same events applied in time order:
+    decayed sums, counts, last/first times, window counts, consent, a link on the late event."""
+    timely = (
+        purchase("a", 0),
+        ("s1", 4.5, "loyalty:1", None, "email", "sent", None, None),
+        ("cg", 4.6, "loyalty:1", None, "email", "consent_granted", None, None),
+        purchase("b", 5),
     )
-    assert late.applied == 0
-    assert list(late.rejected["reason"]) == [OUT_OF_ORDER, OUT_OF_ORDER]
-    assert _state_row(store, cid) == row
-    np.testing.assert_equal(store.read(cid, T_US + 6 * DAY_US), feats)
-    assert store.resolve("email:new") is None
-    assert not store.is_applied("late")
-    # a tie with the last applied event is in order
-    assert store.apply_events(events(purchase("tie", 5))).applied == 1
+    late = (
+        purchase("late", 2, amount=99.0),
+        ("late2", 3, "email:new", "loyalty:1", "email", "open", None, None),
+        ("s0", 4.4, "loyalty:1", None, "email", "sent", None, None),  # inside the 7-day window
+        ("cr", 4.55, "loyalty:1", None, "email", "consent_revoked", None, None),  # before cg
+        ("ancient", -400, "loyalty:1", None, "web", "visit", None, None),  # before any window
+    )
+    with (
+        OnlineStore(tmp_path / "late.db", FS) as behind,
+        OnlineStore(tmp_path / "sorted.db", FS) as ordered,
+    ):
+        behind.apply_events(events(*timely))
+        report = behind.apply_events(events(*late))
+        assert (report.applied, report.n_rejected) == (len(late), 0)
+        ordered.apply_events(events(*timely, *late))
+        assert (
+            behind.resolve("email:new")
+            == ordered.resolve("email:new")
+            == behind.resolve("loyalty:1")
+        )
+        cid = behind.resolve("loyalty:1")
+        for days in (5, 6, 9.5, 40):
+            got, want = (
+                behind.read(cid, T_US + int(days * DAY_US)),
+                ordered.read(cid, T_US + int(days * DAY_US)),
+            )
+            assert got.keys() == want.keys()
+            for name in want:
+                np.testing.assert_allclose(
+                    got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name
+                )
+        feats = behind.read(cid, T_US + 6 * DAY_US)
+        assert feats["all_purchase_count"] == 3.0 and feats["all_spend_sum"] == 119.0
+        assert feats["email_consent"] == 1.0  # given after the late revocation: still given
+        assert feats["email_contact_count_7d"] == 2.0
 
 
 def test_within_a_batch_events_are_applied_in_time_order(store):
@@ -290,7 +315,7 @@ def test_every_event_is_applied_or_rejected_with_a_reason(store):
         purchase("ts2", pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=2)),
         purchase("dup", 11),
         purchase("dup", 11),
-        purchase("ooo", 1),
+        purchase("late", 1),  # older than "old": applied (late events are not rejected)
     )
     batch["amount"] = batch["amount"].astype(object)  # amounts as text, as a CSV may give them
     batch.loc[batch["event_id"] == "ok1", "amount"] = "12.5"
@@ -315,14 +340,13 @@ def test_every_event_is_applied_or_rejected_with_a_reason(store):
         "ts2": FUTURE_TIMESTAMP,
         "amt": NON_NUMERIC_AMOUNT,
         "dup": DUPLICATE,
-        "ooo": OUT_OF_ORDER,
     }
-    assert sorted(report.applied_ids) == ["dup", "ok1", "ok2"]
+    assert sorted(report.applied_ids) == ["dup", "late", "ok1", "ok2"]
     assert sum(report.by_reason.values()) == report.n_rejected
     assert list(report.rejected.columns) == [*batch.columns, "reason"]
     assert report.rejected.index.isin(batch.index).all()
     feats = store.read(store.resolve("loyalty:1"), T_US + 20 * DAY_US)
-    assert feats["all_spend_sum"] == 10.0 + 12.5 + 10.0  # old, ok1 (text amount), dup once
+    assert feats["all_spend_sum"] == 10.0 + 12.5 + 10.0 + 10.0  # old, ok1 (text), dup once, late
 
 
 def test_store_written_with_other_definitions_refuses_to_open(tmp_path):
