@@ -142,6 +142,7 @@ CREATE TABLE IF NOT EXISTS event_log (
     customer_id TEXT NOT NULL,
     received_us INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS event_log_by_customer ON event_log (customer_id, ts_us);
 """
 _LOG_COLUMNS = [EVENT_ID, "ts_us", CUSTOMER_KEY, LINK_KEY, CHANNEL, EVENT_TYPE, ACTION_ID]
 _LOG_COLUMNS += [AMOUNT, CATEGORY, PROPENSITY, CUSTOMER_ID, "received_us"]
@@ -931,6 +932,12 @@ class OnlineStore:
         with self._lock:
             return _logged_events(self._con, after_seq)
 
+    def logged_events_of(self, customer_id: str) -> pd.DataFrame:
+        """One customer's logged events (as `logged_events`), newest first: what the service
+        accepted since the last ingest, for that customer's history."""
+        with self._lock:
+            return _logged_events(self._con, customer_id=customer_id)
+
     def forget_applied_before(self, before_us: int) -> int:
         """Bound the idempotency table: drop the ids of events older than `before_us` and raise
         the watermark to it, so replays of those events stay duplicates (a late event older than
@@ -1105,11 +1112,16 @@ class OnlineStore:
         return names, kinds
 
 
-def _logged_events(con: sqlite3.Connection, after_seq: int = 0) -> pd.DataFrame:
-    rows = con.execute(
-        f"SELECT seq, {', '.join(_LOG_COLUMNS)} FROM event_log WHERE seq > ? ORDER BY seq",
-        (after_seq,),
-    ).fetchall()
+def _logged_events(
+    con: sqlite3.Connection, after_seq: int = 0, customer_id: str | None = None
+) -> pd.DataFrame:
+    select = f"SELECT seq, {', '.join(_LOG_COLUMNS)} FROM event_log"
+    if customer_id is None:
+        rows = con.execute(f"{select} WHERE seq > ? ORDER BY seq", (after_seq,)).fetchall()
+    else:
+        rows = con.execute(
+            f"{select} WHERE customer_id = ? ORDER BY ts_us DESC, seq DESC", (customer_id,)
+        ).fetchall()
     frame = pd.DataFrame(rows, columns=["seq", *_LOG_COLUMNS])
     frame[TS] = pd.to_datetime(frame.pop("ts_us").astype("int64"), unit="us", utc=True)
     frame["received"] = pd.to_datetime(
