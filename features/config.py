@@ -69,6 +69,11 @@ class EventTypesConfig(Strict):
     negative: list[str] = Field(default=["unsubscribe", "complaint"], description="Opt-outs.")
     consent_granted: str = Field(default="consent_granted")
     consent_revoked: str = Field(default="consent_revoked")
+    feedback: list[str] = Field(
+        default=["offer_accepted", "offer_declined"],
+        description="The answer to an offer made in person (an agent records it): kept in the "
+        "history and the 360 view; no feature counts it unless the feature config says so.",
+    )
 
     @property
     def all(self) -> list[str]:
@@ -79,6 +84,7 @@ class EventTypesConfig(Strict):
             *self.negative,
             self.consent_granted,
             self.consent_revoked,
+            *self.feedback,
         ]
 
 
@@ -101,6 +107,12 @@ class IdentityConfig(Strict):
     max_links_by_type: dict[str, int] = Field(
         default={"loyalty": 8, "card": 4},
         description="Per identifier type overrides of `max_links_per_identifier`.",
+    )
+
+    personal_types: list[str] = Field(
+        default=["email", "phone", "device", "card"],
+        description="Identifier types that are personal data: shown masked (`email:a3f…`) "
+        "wherever people look at a customer.",
     )
 
     def limit_for(self, identifier_type: str) -> int:

@@ -261,7 +261,10 @@ def _base_aggregates(data: DataConfig, cfg: FeatureConfig) -> list[BaseAggregate
         BaseAggregate("all_engagement_last", engage, "last"),
         BaseAggregate("all_negative_last", tuple(cfg.negative_event_types), "last"),
     ]
-    all_types = tuple(data.event_types.all)
+    # tenure starts at the first event the customer or a channel made; an agent's note of an
+    # answer to an offer (feedback) comes from a customer already known
+    feedback = set(data.event_types.feedback)
+    all_types = tuple(t for t in data.event_types.all if t not in feedback)
     out.append(BaseAggregate("all_event_first", all_types, "first"))
     for w in cfg.fatigue_windows_days:
         out.append(BaseAggregate(f"all_contact_count_{w}d", contact, "window_count", None, w))

@@ -48,6 +48,15 @@ def customer_id_of(identifier: str) -> str:
     return "c_" + hashlib.md5(identifier.encode("utf-8")).hexdigest()[:16]
 
 
+def masked(identifier: str, personal_types: list[str]) -> str:
+    """`type:value` with a personal value replaced by three hex digits of its hash and an
+    ellipsis (`email:a3f…`): enough to tell two identifiers apart, nothing to contact."""
+    kind, sep, value = identifier.partition(":")
+    if not sep or kind not in personal_types:
+        return identifier
+    return f"{kind}:{hashlib.sha256(value.encode('utf-8')).hexdigest()[:3]}…"
+
+
 @dataclass(frozen=True)
 class IdentitySummary:
     """Size of the identity graph and what the shared-identifier guard cut."""

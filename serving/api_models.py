@@ -135,3 +135,44 @@ class ScoreResponse(Closed):
     scoring: str
     model_version: str
     policy_version: str
+
+
+class TimelineEntry(Closed):
+    ts: str = Field(description="When (UTC, ISO 8601).")
+    channel: str
+    event_type: str
+    action_id: str | None
+    amount: float | None
+    category: str | None
+    text: str = Field(description="The event in words.")
+
+
+class ConsentState(Closed):
+    channel: str
+    given: bool = Field(description="Consent now: granted and not revoked since.")
+    changed: str | None = Field(description="When it last changed (UTC); None: never.")
+
+
+class FeatureFact(Closed):
+    feature: str
+    value: float | str | None
+    text: str = Field(description="The feature in words.")
+
+
+class Responsiveness(Closed):
+    channel: str
+    p_response: float | None = Field(description="P(response) to a contact on the channel.")
+
+
+class Customer360(Closed):
+    """One person across every channel, for the agent who has them on the line."""
+
+    customer_id: str
+    looked_up_by: str = Field(description="The key given, masked if personal.")
+    identifiers: list[str] = Field(description="Every linked identifier, personal ones masked.")
+    as_of: str
+    consents: list[ConsentState]
+    timeline: list[TimelineEntry] = Field(description="Most recent events, newest first.")
+    facts: list[FeatureFact] = Field(description="Key features in words.")
+    responsiveness: list[Responsiveness] = Field(description="Per outbound channel.")
+    recommendation: RecommendResponse

@@ -14,24 +14,29 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
+from fastapi import FastAPI, Query
 from pydantic import Field
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse
 
+from features.history import EventHistory
 from serving.api_models import (
     Context,
+    Customer360,
     EventIn,
     EventsResponse,
     RecommendResponse,
     ScoreResponse,
 )
 from serving.config import load_service_config
+from serving.customer_view import CustomerViews
 from serving.http_guard import HttpGuard
 from serving.runtime import TOKEN_VARIABLE, RequestError, ServingRuntime
 
 DATA_VARIABLE = "NBA_DATA"
 CONFIG_VARIABLE = "NBA_CONFIG"
 WRITE_PATHS = ("/events",)
-READ_PATHS = ("/recommend", "/score")
+READ_PATHS = ("/recommend", "/score", "/customers")
+AGENT_PAGE = Path(__file__).with_name("agent_page") / "index.html"
 
 
 def _config_path() -> Path | None:
@@ -49,12 +54,21 @@ def _refusal(exc: RequestError) -> JSONResponse:
     return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
 
 
+# The 360 view (GET /customers/{key}, POST /customers) and the agent's page (GET /agent/) are
+# FastAPI routes mounted on the service: plain GETs and a path parameter, which @bentoml.api
+# endpoints (POST with a JSON body) do not offer.
+customers_app = FastAPI(title="Customer 360")
+agent_app = FastAPI(title="Agent page")
+
+
 @bentoml.service(
     name="nba",
     workers=_SERVICE.workers,
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},
 )
+@bentoml.asgi_app(customers_app, path="/customers")
+@bentoml.asgi_app(agent_app, path="/agent")
 class NextBestAction:
     """Next best action for any customer, on any channel, in real time."""
 
@@ -63,6 +77,40 @@ class NextBestAction:
         if not data:
             raise RuntimeError(f"set {DATA_VARIABLE} to the data directory to serve")
         self.runtime = ServingRuntime.open(Path(data), _config_path())
+        history = EventHistory(self.runtime.data_dir, self.runtime.store)
+        self.views = CustomerViews(self.runtime, history)
+
+    @customers_app.get("/{key:path}", response_model=Customer360)
+    def customer_360(
+        self, key: str, timeline: int = Query(default=20, ge=1, le=200)
+    ) -> Customer360 | JSONResponse:
+        """The 360 view of the customer known by `key` (any identifier or the customer_id)."""
+        try:
+            return self.views.view(key, timeline)
+        except RequestError as exc:
+            return _refusal(exc)
+
+    @bentoml.api(route="/customers")
+    def customers(
+        self,
+        customer: Annotated[
+            str,
+            Field(min_length=1, max_length=500, description="customer_id or `type:value`."),
+        ],
+        timeline: Annotated[
+            int, Field(ge=1, le=200, description="Most recent events to show.")
+        ] = 20,
+    ) -> Customer360:
+        """The 360 view, the key in the body (keys awkward in a path)."""
+        try:
+            return self.views.view(customer, timeline)
+        except RequestError as exc:
+            return _refusal(exc)
+
+    @agent_app.get("/")
+    def agent_page(self) -> FileResponse:
+        """The call-centre agent's page: search, 360 view, recommendation, outcome buttons."""
+        return FileResponse(AGENT_PAGE, media_type="text/html")
 
     @bentoml.api(route="/recommend")
     def recommend(
