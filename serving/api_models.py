@@ -138,6 +138,7 @@ class ScoreResponse(Closed):
 
 
 class TimelineEntry(Closed):
+    event_id: str
     ts: str = Field(description="When (UTC, ISO 8601).")
     channel: str
     event_type: str

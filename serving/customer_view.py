@@ -121,6 +121,7 @@ class CustomerViews:
         action = None if pd.isna(e[ACTION_ID]) else str(e[ACTION_ID])
         category = None if pd.isna(e["category"]) else str(e["category"])
         return TimelineEntry(
+            event_id=str(e["event_id"]),
             ts=e["ts"].isoformat(),
             channel=e[CHANNEL],
             event_type=e["event_type"],
