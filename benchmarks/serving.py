@@ -493,6 +493,17 @@ def drive_recommend(
     return HttpFigures(service.name, service.started_s, len(answer.content), fixed, closed)
 
 
+def drive_customers(
+    service: Service, keys_file: Path, args: argparse.Namespace, env: dict[str, str]
+) -> tuple[WrkRun, WrkRun]:
+    """POST /customers (the 360 view, a timeline of 20) at a fixed rate and closed loop."""
+    url = f"{service.url}/customers"
+    paced = [str(keys_file), str(args.view_rate), "20", "-", "360"]
+    fixed = run_wrk(url, "recommend.lua", paced, args.seconds, 2, env)
+    closed = run_wrk(url, "recommend.lua", [*paced[:1], "0", *paced[2:]], args.seconds, 2, env)
+    return fixed, closed
+
+
 @dataclass
 class Reflection:
     delays_ms: list[float]
@@ -562,6 +573,7 @@ def print_report(
     real: HttpFigures,
     events: WrkRun,
     reflection: Reflection,
+    views: tuple[WrkRun, WrkRun],
 ) -> None:
     goals: list[tuple[str, str, bool]] = []
     print(f"\nmachine load (1/5/15 min) at the start: {load}; {os.cpu_count()} cores")
@@ -695,6 +707,18 @@ def print_report(
             (f"ack -> reflecting recommendation < {GOAL_REFLECT_MS:g} ms", "no trial", False)
         )
 
+    fixed, closed = views
+    print(
+        f"\n3b. POST /customers, the 360 view (timeline of 20, a recommendation with reasons), "
+        f"{args.seconds:g} s a run on 2 connections"
+    )
+    for label, run_ in (("fixed rate", fixed), ("closed loop", closed)):
+        print(
+            f"  {label:12s} {run_.rate:7.1f} views/s  p50 {run_.p50:7.2f} ms  p90 "
+            f"{run_.p90:7.2f} ms  p99 {run_.p99:7.2f} ms  max {run_.max:7.1f} ms  "
+            f"errors {run_.errors}"
+        )
+
     n = len(stages["in-process total"])
     http_mean, http_p50 = real.fixed.mean, real.fixed.p50
     inproc_mean = float(stages["in-process total"].mean())
@@ -761,6 +785,7 @@ def main() -> None:
     parser.add_argument("--event-connections", type=int, default=2, help="closed loop, events")
     parser.add_argument("--batch", type=int, default=100, help="events per POST /events")
     parser.add_argument("--trials", type=int, default=50, help="consent -> recommend trials")
+    parser.add_argument("--view-rate", type=float, default=20.0, help="360 views/s, fixed rate")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -813,6 +838,8 @@ def main() -> None:
         print(f"nba serve on 127.0.0.1:{port}")
         with Service("real", real_cmd, env, port, scratch / "real.log") as service:
             real = drive_recommend(service, keys_file, args, env)
+            print("POST /customers (the 360 view)")
+            views = drive_customers(service, keys_file, args, env)
             print(f"POST /events, then {len(trial_keys)} consent trials")
             events = run_wrk(
                 f"{service.url}/events",
@@ -836,6 +863,7 @@ def main() -> None:
         real,
         events,
         reflection,
+        views,
     )
 
 

@@ -54,17 +54,16 @@ class EventHistory:
         if self._con is not None:
             self._con.close()
 
-    def _ingested(self, customer_id: str, where: str = "", limit: int | None = None):
-        """The customer's ingested events (newest first), `where` an extra SQL condition."""
+    def _ingested(self, customer_id: str) -> pd.DataFrame:
+        """The customer's ingested events, newest first."""
         if self._con is None:
             return pd.DataFrame(columns=COLUMNS)
         # the events are sorted by customer_no: its zone maps find one customer's rows quickly;
         # times leave DuckDB as microseconds (its TIMESTAMPTZ to Python needs pytz)
         sql = (
             f"SELECT {EVENT_ID}, epoch_us({TS}), {CHANNEL}, {EVENT_TYPE}, {ACTION_ID}, {AMOUNT}, "
-            f"{CATEGORY} FROM events WHERE customer_no = ? {where} "
+            f"{CATEGORY} FROM events WHERE customer_no = ? "
             f"ORDER BY {TS} DESC, {EVENT_ID} DESC"
-            + ("" if limit is None else f" LIMIT {int(limit)}")
         )
         with self._lock:
             cursor = self._con.cursor()
@@ -80,27 +79,30 @@ class EventHistory:
         frame[AMOUNT] = frame[AMOUNT].astype("float64")
         return frame
 
-    def recent(self, customer_id: str, limit: int) -> pd.DataFrame:
-        """The customer's `limit` most recent events, newest first."""
+    def of(self, customer_id: str) -> CustomerHistory:
+        """Every event of the customer, newest first: one query of each source."""
         logged = self.store.logged_events_of(customer_id)[COLUMNS]
-        ingested = self._ingested(customer_id, limit=limit + len(logged))
-        return _merged([logged, ingested]).head(limit)
+        return CustomerHistory(_merged([logged, self._ingested(customer_id)]), self)
 
-    def consent(self, customer_id: str) -> list[ConsentChange]:
+
+@dataclass(frozen=True)
+class CustomerHistory:
+    """One customer's events (newest first) and what the 360 view reads off them."""
+
+    events: pd.DataFrame
+    source: EventHistory
+
+    def recent(self, limit: int) -> pd.DataFrame:
+        return self.events.head(limit)
+
+    def consent(self) -> list[ConsentChange]:
         """Per outbound channel: consent given (granted at some time and not revoked since, as
         the features define it) and when it last changed."""
-        granted = self.data.event_types.consent_granted
-        revoking = self.revoking
-        types = ", ".join(f"'{t}'" for t in [granted, *revoking])
-        events = _merged(
-            [
-                self.store.logged_events_of(customer_id)[COLUMNS],
-                self._ingested(customer_id, where=f"AND {EVENT_TYPE} IN ({types})"),
-            ]
-        )
-        events = events[events[EVENT_TYPE].isin([granted, *revoking])]
+        granted = self.source.data.event_types.consent_granted
+        revoking = self.source.revoking
+        events = self.events[self.events[EVENT_TYPE].isin([granted, *revoking])]
         out = []
-        for channel in (c.name for c in self.data.channels if c.outbound):
+        for channel in (c.name for c in self.source.data.channels if c.outbound):
             own = events[events[CHANNEL] == channel]
             last_granted = own.loc[own[EVENT_TYPE] == granted, TS].max()
             last_revoked = own.loc[own[EVENT_TYPE].isin(revoking), TS].max()

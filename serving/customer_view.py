@@ -96,7 +96,7 @@ class CustomerViews:
         )
         shown_key = masked(key, self.personal)
         recommendation.customer.key = shown_key
-        events = self.history.recent(cid, timeline)
+        history = self.history.of(cid)
         return Customer360(
             customer_id=cid,
             looked_up_by=shown_key,
@@ -108,9 +108,9 @@ class CustomerViews:
                     given=c.given,
                     changed=None if c.changed is None else c.changed.isoformat(),
                 )
-                for c in self.history.consent(cid)
+                for c in history.consent()
             ],
-            timeline=[self._entry(e) for e in events.to_dict("records")],
+            timeline=[self._entry(e) for e in history.recent(timeline).to_dict("records")],
             facts=self._facts(features),
             responsiveness=self._responsiveness(arrays),
             recommendation=recommendation,

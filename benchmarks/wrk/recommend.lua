@@ -1,10 +1,13 @@
--- POST /recommend for wrk (benchmarks/serving.py): a random customer key of the list per request,
--- closed loop, or paced to a fixed rate with delay() on an absolute schedule.
+-- POST /recommend (or POST /customers, the 360 view) for wrk (benchmarks/serving.py): a random
+-- customer key of the list per request, closed loop, or paced to a fixed rate with delay() on an
+-- absolute schedule.
 --
 --   wrk -t1 -c8 -d12s -s recommend.lua http://127.0.0.1:3000/recommend -- KEYS RATE K EXPLAIN
+--   wrk -t1 -c2 -d12s -s recommend.lua http://127.0.0.1:3000/customers -- KEYS RATE 20 - 360
 --
 -- KEYS: a file of JSON string literals, one a line; RATE: requests/s of this thread (0: as
--- fast as the connections go); K and EXPLAIN: the request's fields. done() prints one line
+-- fast as the connections go); K and EXPLAIN: the request's fields (K: the timeline's length of
+-- a 360 view). done() prints one line
 -- `NBA_WRK {json}` with the counts and latency percentiles (microseconds).
 
 local ffi = require("ffi")
@@ -31,6 +34,7 @@ local interval = 0
 local slot = nil
 local k = 3
 local explain = "true"
+local view = false
 
 function init(args)
   for line in io.lines(args[1]) do
@@ -42,6 +46,7 @@ function init(args)
   end
   k = tonumber(args[3] or "3")
   explain = args[4] or "true"
+  view = args[5] == "360"
   math.randomseed(seed or 1)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
@@ -62,6 +67,9 @@ end
 
 function request()
   local key = keys[math.random(#keys)]
+  if view then
+    return wrk.format(nil, nil, nil, string.format('{"customer":%s,"timeline":%d}', key, k))
+  end
   local body = string.format(
     '{"customer":%s,"channel":"web","k":%d,"explain":%s}', key, k, explain
   )
