@@ -460,6 +460,30 @@ def serve(
     os.execvpe(cmd[0], cmd, env)  # the service is this process: signals reach it directly
 
 
+@app.command("bento")
+def bento(
+    data: features_cli.DataOption,
+    alias: Annotated[str, typer.Option(help="Registry alias of the model bundle.")] = "champion",
+) -> None:
+    """Save the bundle behind `alias` into BentoML's model store (BENTOML_HOME) as
+    `nba-bundle`, for `bentoml build` (bentofile.yaml) to pack with the service."""
+    import os
+
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")  # no usage reports leave the machine
+    from serving.bento import save_bundle
+
+    try:
+        model = save_bundle(data, alias)
+    except LookupError as exc:
+        typer.echo(f"nba bento: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    features_cli.console.print(
+        f"[green]saved[/green] {model.tag} (registry version {model.info.metadata['model_version']}"
+        f", {alias}) at {model.path}\nnext: `bentoml build` in the project root packs it with the "
+        "service; `bentoml serve nba:latest` with NBA_DATA set serves it"
+    )
+
+
 def _demo_calls(data: Path, url: str, token: str) -> None:
     """Call the running service as a channel would: a recommendation, an event, and again."""
     import json

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,9 @@ from serving.config import ServiceConfig, load_policy_config, load_service_confi
 from serving.decision_log import RealtimeDecisionLog
 from serving.policy import HOLDOUT, SENT, DecisionPolicy, load_policy
 from serving.realtime import Customer, FeatureListMismatch, RealtimeDecider
+
+if TYPE_CHECKING:
+    from serving.bento import PackedBundle
 
 TOKEN_VARIABLE = "NBA_API_TOKEN"
 COMPONENTS = list(Components.model_fields)
@@ -65,8 +69,11 @@ class ServingRuntime:
     token: str | None
 
     @classmethod
-    def open(cls, data_dir: Path, config: Path | None = None) -> ServingRuntime:
-        """Load the champion bundle and open the online store, or say in one line why not."""
+    def open(
+        cls, data_dir: Path, config: Path | None = None, packed: PackedBundle | None = None
+    ) -> ServingRuntime:
+        """Load the champion bundle (or serve `packed`, the bundle a Bento carries) and open
+        the online store, or say in one line why not."""
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise StartupError(f"data directory {data_dir} does not exist")
@@ -96,7 +103,10 @@ class ServingRuntime:
         except DefinitionMismatch as exc:
             raise StartupError(str(exc).split(". ")[0]) from exc
         try:
-            policy = load_policy(data_dir, policy_cfg, data)
+            if packed is None:
+                policy = load_policy(data_dir, policy_cfg, data)
+            else:
+                policy = DecisionPolicy(packed.bundle, packed.version, policy_cfg, data)
         except LookupError as exc:
             raise StartupError(str(exc)) from exc
         try:

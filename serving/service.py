@@ -1,10 +1,11 @@
 """The real-time BentoML service: POST /recommend, /events and /score over the serving runtime.
 
 Started by `nba serve` (or `bentoml serve serving.service:NextBestAction` with NBA_DATA and
-optionally NBA_CONFIG set). The champion bundle and the online store are opened once per worker
-in `__init__`; each endpoint is a typed `@bentoml.api` method, so BentoML validates the request
-against the pydantic models of `serving/api_models.py` before the method runs. The guard in front
-(`serving/http_guard.py`) checks the bearer token, the body size and the JSON.
+optionally NBA_CONFIG set), or from a built Bento (`bentoml serve nba:<version>`), which serves
+the bundle it carries (`serving/bento.py`) instead of the registry's champion. The bundle and the
+online store are opened once per worker in `__init__`; each endpoint is a typed `@bentoml.api`
+method, so BentoML validates the request against the pydantic models of `serving/api_models.py`
+before the method runs. The guard in front (`serving/http_guard.py`) checks the bearer token, the body size and the JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from serving.api_models import (
     RecommendResponse,
     ScoreResponse,
 )
+from serving.bento import bento_bundle
 from serving.config import load_service_config
 from serving.customer_view import CustomerViews
 from serving.http_guard import HttpGuard
@@ -76,7 +78,9 @@ class NextBestAction:
         data = os.environ.get(DATA_VARIABLE)
         if not data:
             raise RuntimeError(f"set {DATA_VARIABLE} to the data directory to serve")
-        self.runtime = ServingRuntime.open(Path(data), _config_path())
+        # started from a built Bento: its packed bundle; else the champion in the MLflow registry
+        packed = bento_bundle(NextBestAction.bento)
+        self.runtime = ServingRuntime.open(Path(data), _config_path(), packed)
         history = EventHistory(self.runtime.data_dir, self.runtime.store)
         self.views = CustomerViews(self.runtime, history)
 

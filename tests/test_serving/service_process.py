@@ -72,15 +72,23 @@ def start_service(
     cmd = [NBA, "serve", "--data", str(data), "--port", str(port)]
     if config is not None:
         cmd += ["--config", str(config)]
+    return start_process(cmd, env, port, token, log, timeout)
+
+
+def start_process(
+    cmd: list[str], env: dict[str, str], port: int, token: str, log: Path, timeout: float = 180
+) -> ServiceProcess:
+    """Start a service command line listening on `port`; wait until /readyz answers 200."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     svc = ServiceProcess(f"http://127.0.0.1:{port}", token, process, log)
+    name = " ".join(Path(c).name for c in cmd[:2])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"nba serve exited with {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(svc.url + "/readyz", timeout=2).status_code == 200:
                 return svc
@@ -88,4 +96,4 @@ def start_service(
             pass
         time.sleep(0.3)
     svc.kill()
-    raise RuntimeError(f"nba serve not ready after {timeout} s:\n{log.read_text()}")
+    raise RuntimeError(f"{name} not ready after {timeout} s:\n{log.read_text()}")
