@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.config import load_data_config
+from features.config import load_data_config, load_online_store_config
 from features.contract import DataDir
 
 console = Console()
@@ -105,7 +105,7 @@ def ingest(data: DataOption, config: ConfigOption = None, now: NowOption = None)
     from features.event_store import ingest as run_ingest
 
     cfg = load_data_config(config)
-    report = run_ingest(DataDir(data), cfg, now=now)
+    report = run_ingest(DataDir(data), cfg, now=now, online=load_online_store_config(config))
     _print_validation("events", report.events)
     if report.customers is not None:
         _print_validation("customers", report.customers)
@@ -120,7 +120,7 @@ def _open_current_store(data: Path, config: Path | None):
     data_dir = DataDir(data)
     if not store_is_current(data_dir):
         console.print("[yellow]event store missing or stale: ingesting first[/yellow]")
-        run_ingest(data_dir, load_data_config(config))
+        run_ingest(data_dir, load_data_config(config), online=load_online_store_config(config))
     return open_store(data_dir)
 
 
@@ -141,7 +141,8 @@ def features(
         bool,
         typer.Option(
             "--materialize",
-            help="Also load the latest snapshot into the online store (DATA/store/online.sqlite).",
+            help="Also load the latest snapshot into the online store (DATA/store/online.sqlite, "
+            "or the Redis of the configuration's online_store section).",
         ),
     ] = False,
     config: ConfigOption = None,
@@ -172,8 +173,8 @@ def features(
         f"at {len(times)} as-of time(s)"
     )
     if materialize:
-        from features.online_store import OnlineStore
+        from features.online_store import open_online_store
 
-        store = OnlineStore(DataDir(data).online_store, fs)
-        n = store.materialize(con, as_of=max(times))
-        console.print(f"[green]materialised[/green] {n:,} customers into {store.path}")
+        with open_online_store(DataDir(data), fs, load_online_store_config(config)) as store:
+            n = store.materialize(con, as_of=max(times))
+        console.print(f"[green]materialised[/green] {n:,} customers into {store.location}")

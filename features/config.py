@@ -7,7 +7,7 @@ section per package (`data`, `features`, `training`, `policy`); this module owns
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -193,3 +193,38 @@ def load_section(path: Path | None, section: str, model: type[T]) -> T:
 
 def load_data_config(path: Path | None = None) -> DataConfig:
     return load_section(path, "data", DataConfig)
+
+
+class OnlineStoreConfig(Strict):
+    """The `online_store` section: where serving state lives (the features each decision reads,
+    identities, applied event ids and the log of events received online)."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="`sqlite`: one file in DIR/store/online.sqlite, for the processes of one "
+        "machine (the embedded default). `redis`: one Redis shared by every service replica, so "
+        "an event accepted by one is in the next decision of all and contact caps hold across "
+        "them.",
+    )
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL (redis://[user:password@]host:port/db, rediss:// for TLS); the "
+        "environment variable NBA_REDIS_URL overrides it.",
+    )
+    namespace: str = Field(
+        default="nba",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of every key this store writes, so that several data directories or "
+        "environments can share one Redis.",
+    )
+    require_aof: bool = Field(
+        default=True,
+        description="Refuse a Redis without its append-only file (`appendonly yes`): without it "
+        "a restart of Redis loses acknowledged events. With `appendfsync always` an "
+        "acknowledged batch is on disk before the answer; with `everysec` it survives a crash of "
+        "Redis but up to a second can be lost with the machine.",
+    )
+
+
+def load_online_store_config(path: Path | None = None) -> OnlineStoreConfig:
+    return load_section(path, "online_store", OnlineStoreConfig)

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.config import DataConfig
+from features.config import DataConfig, OnlineStoreConfig
 from features.contract import (
     CODED_COLUMNS,
     CUSTOMER_ID,
@@ -190,22 +190,27 @@ def ingest(
     now: datetime | None = None,
     progress: bool = True,
     memory_limit: str | None = None,
+    online: OnlineStoreConfig | None = None,
 ) -> IngestReport:
     """Validate the data directory's events (and customers), quarantine rejected rows, resolve
     identities and write DIR/store. The manifest is removed first and written last, so a
     failed ingest never leaves a store that looks current. `memory_limit` caps DuckDB
-    (default: half the physical memory); it spills to DIR/store/.tmp beyond it."""
+    (default: half the physical memory); it spills to DIR/store/.tmp beyond it. `online` names
+    the online store whose log of events received online joins the input (default: the data
+    directory's SQLite store)."""
     dd = _data_dir(data_dir)
     t0 = time.perf_counter()
     step = _Progress(progress)
-    from features.online_store import (
+    from features.online_store import (  # it imports the batch engine, which imports this
         export_event_log,
-    )  # it imports the batch engine, which imports this
+        online_store_location,
+    )
 
     # events received online (POST /events) join the input; the file is rewritten whole
-    logged = export_event_log(dd.online_store, dd.online_events)
+    logged = export_event_log(dd, dd.online_events, online)
     if logged:
-        step(f"took {logged:,} events received online from {dd.online_store}")
+        where = online_store_location(dd, online)
+        step(f"took {logged:,} events received online from {where}")
     store = dd.store
     store.mkdir(parents=True, exist_ok=True)
     (store / MANIFEST_FILE).unlink(missing_ok=True)

@@ -1,4 +1,11 @@
-"""Embedded online feature store: per-customer streaming state in SQLite, surviving restarts.
+"""Online feature store: per-customer streaming state for serving, surviving restarts.
+
+Two backends behind one interface (`OnlineStoreBase`), chosen by the `online_store` section of
+the configuration (`open_online_store`): `OnlineStore`, one SQLite file for the processes of one
+machine (the embedded default, described here), and `RedisOnlineStore`
+(`features/redis_online_store.py`), one Redis shared by every replica of the service. Both give
+the same features, identities, idempotency and all-or-nothing batches; the parity and restart
+tests run against both.
 
 One SQLite file in WAL mode holds, per customer, the base aggregates of `FeatureSet.base` valued
 as of the customer's last applied event (a float64 BLOB) and the short window buffer of the
@@ -37,12 +44,14 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import duckdb
 import numpy as np
@@ -50,6 +59,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.batch import AS_OF, DUCKDB, base_aggregates_sql, to_us
+from features.config import OnlineStoreConfig
 from features.contract import (
     ACTION_ID,
     AMOUNT,
@@ -68,6 +78,7 @@ from features.contract import (
     REASON,
     REQUIRED_EVENT_COLUMNS,
     TS,
+    DataDir,
 )
 from features.definitions import FeatureSet, profile_columns
 from features.identity import customer_id_of
@@ -106,7 +117,10 @@ APPLY_REASONS = [
     NON_NUMERIC_PROPENSITY,
     PROPENSITY_OUT_OF_RANGE,
     DUPLICATE,
+    "conflict",
 ]
+# a conditional batch (`expect`) whose customer's state changed since it was read
+CONFLICT = APPLY_REASONS[-1]
 
 SCHEMA_VERSION = 1
 _CHUNK = 50_000  # rows per materialisation chunk: ~80 MB of float64 base aggregates
@@ -176,6 +190,12 @@ class OnlineRow:
     as_of_us: int
     features: np.ndarray  # float64, in FeatureSet.names order
     profile: list[Any]  # in OnlineStore.profile_names order; NaN where missing
+    version: bytes | None = None  # the stored state read (`state_version`), None: no state
+
+
+# a customer's stored (last_us, base, window buffer, profile JSON); None where absent
+_Stored = tuple[int | None, bytes | None, bytes | None, str | bytes | None]
+_StateRow = tuple[str, int, bytes, bytes]  # (customer_id, last_us, base, window buffer)
 
 
 class DefinitionMismatch(RuntimeError):
@@ -416,25 +436,38 @@ def _records_batch(records: Sequence[Mapping[str, Any]]) -> _Batch:
     )
 
 
-class OnlineStore:
+@dataclass
+class _Plan:
+    """What one batch does to the store, computed in Python before a backend writes it."""
+
+    states: dict[str, CustomerState]  # the touched customers' new states
+    applied: list[tuple[str, int]]  # (event_id, ts_us) in application order
+    identity: list[tuple[str, str]]  # new (identifier, customer_id)
+    logged: list[tuple[Any, ...]]  # event log rows in _LOG_COLUMNS order
+    new_customers: int = 0
+    unmerged: int = 0
+
+
+def state_version(last_us: int | None, base: bytes | None, win: bytes | None) -> bytes | None:
+    """A customer's stored state as one value (None when it has none): a decision made on it
+    can be committed only while the stored state still equals it."""
+    if base is None:
+        return None
+    return int(last_us).to_bytes(8, "little", signed=True) + base + (win or b"")
+
+
+class OnlineStoreBase(ABC):
     """Customer feature state for serving: O(1) event application, sub-millisecond reads.
 
     `read` / `read_many` return the same features as `BatchEngine.snapshot` at the same time
-    (the parity test checks it). Thread-safe (one connection behind a lock); several processes
-    may open the file, writers are serialised by SQLite.
+    (the parity test checks it, on every backend). The backends share validation, identity
+    online, the streaming update and materialisation's SQL; each stores the result its way
+    (`OnlineStore`: SQLite, `features.redis_online_store.RedisOnlineStore`: Redis).
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        fs: FeatureSet,
-        *,
-        reset: bool = False,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
-    ) -> None:
-        """Open (or create) the store at `path`. `reset=True` discards a store written with
-        other feature definitions instead of refusing to open it."""
-        self.path = Path(path)
+    backend: ClassVar[str]
+
+    def __init__(self, fs: FeatureSet) -> None:
         self.fs = fs
         self.updater = StreamingUpdater(fs)
         self.n_base = len(fs.base)
@@ -448,101 +481,96 @@ class OnlineStore:
         head, sep, tail = KEY_PATTERN.partition(KEY_SEPARATOR)
         types = [t for t in data.identity.identifier_types if re.fullmatch(head[1:], t)]
         self._key_re = re.compile("^(?:" + "|".join(re.escape(t) for t in types) + ")" + sep + tail)
-        self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, cached_statements=64
-        )
-        con = self._con
-        con.execute("PRAGMA busy_timeout = 30000")
-        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode})")
-        con.execute(f"PRAGMA synchronous = {synchronous}")
-        con.execute("PRAGMA cache_size = -65536")  # 64 MB page cache
-        con.execute("PRAGMA mmap_size = 268435456")
-        con.executescript(_SCHEMA)
         self._fingerprint, self._spec = definitions_fingerprint(fs)
-        self._check_definitions(reset)
-        self._profile_names: list[str] = json.loads(self._meta("profile_columns") or "[]")
-        self._profile_kinds: list[str] = json.loads(self._meta("profile_kinds") or "[]")
+        self._profile_names: list[str] = []
+        self._profile_kinds: list[str] = []
 
-    # ------------------------------------------------------------------ meta and lifecycle
+    # ------------------------------------------------------------------ what a backend provides
 
-    def _meta(self, key: str) -> str | None:
-        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the state lives, for messages: a file path or a Redis URL and namespace."""
 
-    def _set_meta(self, key: str, value: str) -> None:
-        self._con.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+    @abstractmethod
+    def close(self) -> None: ...
 
-    def _check_definitions(self, reset: bool) -> None:
-        con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            stored = self._meta("fingerprint")
-            version = self._meta("schema_version")
-            if stored is not None and (
-                stored != self._fingerprint or version != str(SCHEMA_VERSION)
-            ):
-                if not reset:
-                    raise DefinitionMismatch(self._mismatch_message(stored, version))
-                for table in ("state", "applied", "identity", "profile", "meta"):
-                    con.execute(f"DELETE FROM {table}")
-                stored = None
-            if stored is None:
-                self._set_meta("schema_version", str(SCHEMA_VERSION))
-                self._set_meta("fingerprint", self._fingerprint)
-                self._set_meta("definitions", self._spec)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            self._con.close()
-            raise
+    @property
+    @abstractmethod
+    def watermark_us(self) -> int | None:
+        """Events older than this (µs since the epoch) count as applied: the last
+        materialisation time, or None for a store built by streaming alone."""
 
-    def _mismatch_message(self, stored: str, version: str | None) -> str:
-        if version != str(SCHEMA_VERSION):
-            what = f"store layout version {version}, this code writes {SCHEMA_VERSION}"
-        else:
-            old = {d["name"]: d for d in json.loads(self._meta("definitions") or "[]")}
-            new = {d["name"]: d for d in json.loads(self._spec)}
-            changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
-            gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
-            parts = [
-                f"{label} {len(names)} (e.g. {', '.join(names[:3])})"
-                for label, names in (("changed", changed), ("removed", gone), ("added", added))
-                if names
-            ]
-            what = "base aggregates " + ("; ".join(parts) or "reordered")
-        return (
-            f"online store {self.path} was written with other feature definitions "
-            f"(fingerprint {stored[:12]}, current {self._fingerprint[:12]}: {what}). Its state "
-            "cannot be reused: re-materialise it from the event store, e.g. "
-            "OnlineStore(path, fs, reset=True).materialize(con, as_of), then replay the stream "
-            "from as_of."
-        )
+    @property
+    def materializing(self) -> bool:
+        """True while a materialisation has started and not finished (never on SQLite, where it
+        is one transaction): a service must not serve such a store."""
+        return False
 
-    def close(self) -> None:
-        with self._lock:
-            self._con.close()
+    @abstractmethod
+    def resolve(self, identifier: str) -> str | None:
+        """customer_id of an identifier (`type:value`), None when the store has not seen it."""
 
-    def __enter__(self) -> OnlineStore:
+    @abstractmethod
+    def identifiers(self, customer_id: str) -> list[str]:
+        """Every identifier the store links to a customer, sorted."""
+
+    @abstractmethod
+    def customer_ids(self) -> list[str]:
+        """Every customer with online state (at least one applied or materialised event)."""
+
+    @abstractmethod
+    def is_applied(self, event_id: str) -> bool:
+        """True when the event id was applied (not covering the materialisation watermark)."""
+
+    @abstractmethod
+    def _fetch(self, customer_id: str) -> _Stored | None:
+        """One customer's stored (last_us, base, win, profile JSON), None if unknown."""
+
+    @abstractmethod
+    def _fetch_many(self, customer_ids: list[str]) -> dict[str, _Stored | None]:
+        """`_fetch` for many customers at once."""
+
+    @abstractmethod
+    def _commit(
+        self,
+        b: _Batch,
+        valid: list[int],
+        reasons: list[str | None],
+        log_us: int | None,
+        expect: Mapping[str, bytes | None] | None,
+    ) -> _Plan | None:
+        """Apply the valid events atomically (all or nothing); None when a customer in
+        `expect` no longer has the expected state version (nothing is written then)."""
+
+    @abstractmethod
+    def logged_events(self, after_seq: int = 0) -> pd.DataFrame:
+        """The event log (events applied with `log=True`) in the contract's columns and types,
+        plus customer_id, seq and the receiving time, in arrival order."""
+
+    @abstractmethod
+    def logged_events_of(self, customer_id: str) -> pd.DataFrame:
+        """One customer's logged events (as `logged_events`), newest first: what the service
+        accepted since the last ingest, for that customer's history."""
+
+    @abstractmethod
+    def forget_applied_before(self, before_us: int) -> int:
+        """Bound the idempotency record: drop the ids of events older than `before_us` and raise
+        the watermark to it, so replays of those events stay duplicates (a late event older than
+        it is then rejected too). Returns the ids dropped."""
+
+    @abstractmethod
+    def _replacing(self) -> AbstractContextManager[_Replace]:
+        """A materialisation's writer: everything but the event log cleared on entry, the new
+        content written through it, complete on a normal exit."""
+
+    # ------------------------------------------------------------------ shared
+
+    def __enter__(self) -> OnlineStoreBase:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def watermark_us(self) -> int | None:
-        """Events older than this (µs since the epoch) count as applied: the last
-        materialisation time, or None for a store built by streaming alone."""
-        with self._lock:
-            value = self._meta("watermark_us")
-        return None if value is None else int(value)
 
     @property
     def profile_names(self) -> list[str]:
@@ -553,13 +581,35 @@ class OnlineStore:
         """Columns `read` returns: derived features, then profile columns."""
         return self._names + self._profile_names
 
+    def _mismatch_message(self, stored: str, version: str | None, old_spec: str | None) -> str:
+        if version != str(SCHEMA_VERSION):
+            what = f"store layout version {version}, this code writes {SCHEMA_VERSION}"
+        else:
+            old = {d["name"]: d for d in json.loads(old_spec or "[]")}
+            new = {d["name"]: d for d in json.loads(self._spec)}
+            changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+            gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
+            parts = [
+                f"{label} {len(names)} (e.g. {', '.join(names[:3])})"
+                for label, names in (("changed", changed), ("removed", gone), ("added", added))
+                if names
+            ]
+            what = "base aggregates " + ("; ".join(parts) or "reordered")
+        return (
+            f"online store {self.location} was written with other feature definitions "
+            f"(fingerprint {stored[:12]}, current {self._fingerprint[:12]}: {what}). Its state "
+            "cannot be reused: re-materialise it from the event store (`nba features "
+            "--materialize`, or open it with reset=True and materialize(con, as_of)), then "
+            "replay the stream from as_of."
+        )
+
     # ------------------------------------------------------------------ state (de)serialisation
 
     def _decode(self, last_us: int, base: bytes, win: bytes) -> CustomerState:
         arr = np.frombuffer(base, dtype="<f8")
         if arr.size != self.n_base:
             raise DefinitionMismatch(
-                f"{self.path}: a state holds {arr.size} base aggregates, the definitions "
+                f"{self.location}: a state holds {arr.size} base aggregates, the definitions "
                 f"{self.n_base}; re-materialise the store"
             )
         pairs = np.frombuffer(win, dtype="<i8").reshape(-1, 2)
@@ -579,50 +629,9 @@ class OnlineStore:
 
     # ------------------------------------------------------------------ reads
 
-    def resolve(self, identifier: str) -> str | None:
-        """customer_id of an identifier (`type:value`), None when the store has not seen it."""
-        with self._lock:
-            row = self._con.execute(
-                "SELECT customer_id FROM identity WHERE identifier = ?", (identifier,)
-            ).fetchone()
-        return None if row is None else row[0]
-
     def knows(self, customer_id: str) -> bool:
         """True for a customer with online state, a profile or an identifier here."""
-        with self._lock:
-            row = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
-            return (
-                row[1] is not None or row[3] is not None or self._known_without_state(customer_id)
-            )
-
-    def identifiers(self, customer_id: str) -> list[str]:
-        """Every identifier the store links to a customer, sorted."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT identifier FROM identity WHERE customer_id = ? ORDER BY identifier",
-                (customer_id,),
-            ).fetchall()
-        return [r[0] for r in rows]
-
-    def customer_ids(self) -> list[str]:
-        """Every customer with online state (at least one applied or materialised event)."""
-        with self._lock:
-            rows = self._con.execute("SELECT customer_id FROM state ORDER BY customer_id")
-            return [r[0] for r in rows]
-
-    def is_applied(self, event_id: str) -> bool:
-        """True when the event id was applied (not covering the materialisation watermark)."""
-        with self._lock:
-            row = self._con.execute(
-                "SELECT 1 FROM applied WHERE event_id = ?", (event_id,)
-            ).fetchone()
-        return row is not None
-
-    def _known_without_state(self, customer_id: str) -> bool:
-        row = self._con.execute(
-            "SELECT 1 FROM identity WHERE customer_id = ? LIMIT 1", (customer_id,)
-        ).fetchone()
-        return row is not None
+        return self._fetch(customer_id) is not None
 
     def _as_of(self, last_us: int | None, as_of_us: int | None, customer_id: str) -> int:
         if as_of_us is None:
@@ -637,7 +646,7 @@ class OnlineStore:
             )
         return int(as_of_us)
 
-    def _profile_values(self, data: str | None) -> list[Any]:
+    def _profile_values(self, data: str | bytes | None) -> list[Any]:
         """Profile values of one customer (NaN where missing); times back as datetimes."""
         if not self._profile_names:
             return []
@@ -664,15 +673,20 @@ class OnlineStore:
 
     def read_row(self, customer_id: str, as_of_us: int | None = None) -> OnlineRow | None:
         """`read` as arrays: the derived features as one float64 vector (in `fs.names` order)
-        and the profile values (in `profile_names` order), None for an unknown customer."""
-        with self._lock:
-            last_us, base, win, data = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
-            if base is None and data is None and not self._known_without_state(customer_id):
-                return None
+        and the profile values (in `profile_names` order), None for an unknown customer. The
+        row carries the state's version, for a decision committed only on the state it read."""
+        found = self._fetch(customer_id)
+        if found is None:
+            return None
+        last_us, base, win, data = found
         state = self._stored(last_us, base, win)
         t = self._as_of(state.last_us, as_of_us, customer_id)
         return OnlineRow(
-            customer_id, t, self.updater.features_at(state, t), self._profile_values(data)
+            customer_id,
+            t,
+            self.updater.features_at(state, t),
+            self._profile_values(data),
+            state_version(last_us, base, win),
         )
 
     def new_customer_row(self, customer_id: str, as_of_us: int | None = None) -> OnlineRow:
@@ -689,17 +703,12 @@ class OnlineStore:
         rows: list[tuple[str, int, np.ndarray, list[Any]]] = []
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
-            with self._lock:
-                fetched = self._con.execute(_READ_MANY, (json.dumps(chunk),)).fetchall()
-                known = {
-                    cid
-                    for cid, _, base, _, data in fetched
-                    if base is not None or data is not None or self._known_without_state(cid)
-                }
-            by_id = {row[0]: row for row in fetched}
-            for cid, last_us, base, win, data in (by_id[c] for c in chunk):
-                if cid not in known:
+            fetched = self._fetch_many(chunk)
+            for cid in chunk:
+                found = fetched.get(cid)
+                if found is None:
                     continue
+                last_us, base, win, data = found
                 state = self._stored(last_us, base, win)
                 t = self._as_of(state.last_us, as_of_us, cid)
                 rows.append((cid, t, self.updater.base_at(state, t), self._profile_values(data)))
@@ -716,8 +725,6 @@ class OnlineStore:
                     prof[name] = pd.to_datetime(prof[name], utc=kind == _DATETIME_TZ)
             feats = pd.concat([feats, prof], axis=1)
         return feats
-
-    # ------------------------------------------------------------------ event application
 
     def _reasons(self, b: _Batch, now_us: int) -> list[str | None]:
         """The first failing field check of each event (validation's order), None if none."""
@@ -757,15 +764,16 @@ class OnlineStore:
                 out[i] = PROPENSITY_OUT_OF_RANGE
         return out
 
-    def _lookup(self, sql: str, keys: list[str]) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
-            out += self._con.execute(sql, (json.dumps(chunk),)).fetchall()
-        return out
+
+    # ------------------------------------------------------------------ event application
 
     def apply_events(
-        self, events: pd.DataFrame, *, now: pd.Timestamp | None = None, log: bool = False
+        self,
+        events: pd.DataFrame,
+        *,
+        now: pd.Timestamp | None = None,
+        log: bool = False,
+        expect: Mapping[str, bytes | None] | None = None,
     ) -> ApplyReport:
         """Apply a batch of contract events in ONE transaction, in ts order (stable for ties).
 
@@ -773,8 +781,11 @@ class OnlineStore:
         leave state and identity untouched. `now` (default: the clock) bounds future timestamps.
         `log=True` also appends every applied event to the event log in the same transaction:
         events that arrive only here (POST /events), not replays of the batch store's.
+        `expect` ({customer_id: `OnlineRow.version`}) makes the batch conditional: when any of
+        those customers' state changed since it was read, nothing is applied and every valid
+        event is rejected as `conflict` (a decision must then be made again on the new state).
         """
-        return self._apply(_frame_batch(events), events, now, log)
+        return self._apply(_frame_batch(events), events, now, log, expect)
 
     def apply_records(
         self,
@@ -782,10 +793,11 @@ class OnlineStore:
         *,
         now: pd.Timestamp | None = None,
         log: bool = False,
+        expect: Mapping[str, bytes | None] | None = None,
     ) -> ApplyReport:
         """`apply_events` for events as mappings (the JSON objects of POST /events), without
         pandas: the cheaper path for batches of a few events."""
-        return self._apply(_records_batch(records), records, now, log)
+        return self._apply(_records_batch(records), records, now, log, expect)
 
     def _apply(
         self,
@@ -793,76 +805,69 @@ class OnlineStore:
         source: pd.DataFrame | Sequence[Mapping[str, Any]],
         now: pd.Timestamp | None,
         log: bool = False,
+        expect: Mapping[str, bytes | None] | None = None,
     ) -> ApplyReport:
         now_us = time.time_ns() // 1000 if now is None else int(to_us(now))
         reasons = self._reasons(b, now_us)
         ts = b.ts_us
         order = sorted(range(b.n), key=ts.__getitem__) if b.n > 1 else range(b.n)
         valid = [i for i in order if reasons[i] is None]
-        with self._lock:
-            con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                result = self._apply_locked(b, valid, reasons, now_us if log else None)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        applied_ids, new_customers, new_identifiers, unmerged = result
+        plan = self._commit(b, valid, reasons, now_us if log else None, expect)
+        if plan is None:
+            for i in valid:
+                reasons[i] = CONFLICT
+            plan = _Plan({}, [], [], [])
         rejected = tuple((i, r) for i, r in enumerate(reasons) if r is not None)
         by_reason: dict[str, int] = {}
         for _, r in rejected:
             by_reason[r] = by_reason.get(r, 0) + 1
         return ApplyReport(
             received=b.n,
-            applied=len(applied_ids),
-            applied_ids=tuple(applied_ids),
-            new_customers=new_customers,
-            new_identifiers=new_identifiers,
-            unmerged_links=unmerged,
+            applied=len(plan.applied),
+            applied_ids=tuple(a[0] for a in plan.applied),
+            new_customers=plan.new_customers,
+            new_identifiers=len(plan.identity),
+            unmerged_links=plan.unmerged,
             by_reason={r: by_reason[r] for r in APPLY_REASONS if r in by_reason},
             rejected_rows=rejected,
             _source=source,
         )
 
-    def _apply_locked(
-        self, b: _Batch, valid: list[int], reasons: list[str | None], log_us: int | None
-    ) -> tuple[list[str], int, int, int]:
-        """The body of `_apply` inside its transaction; marks rejections in `reasons`. With
-        `log_us` (the receiving time), applied events are appended to the event log."""
-        con = self._con
-        wm = self._meta("watermark_us")
-        watermark = None if wm is None else int(wm)
+    @staticmethod
+    def _batch_keys(b: _Batch, valid: list[int]) -> tuple[list[str], list[str]]:
+        """The distinct event ids and identifiers (customer and link keys) of the valid events."""
+        ids = list(dict.fromkeys(b.event_id[i] for i in valid))
+        keys = {b.customer_key[i] for i in valid} | ({b.link_key[i] for i in valid} - {None})
+        return ids, list(keys)
 
-        ids = list({b.event_id[i] for i in valid})
-        seen = {
-            r[0]
-            for r in self._lookup(
-                "SELECT event_id FROM applied WHERE event_id IN (SELECT value FROM json_each(?))",
-                ids,
-            )
-        }
-        keys = list({b.customer_key[i] for i in valid} | ({b.link_key[i] for i in valid} - {None}))
-        idmap: dict[str, str] = dict(
-            self._lookup(
-                "SELECT identifier, customer_id FROM identity "
-                "WHERE identifier IN (SELECT value FROM json_each(?))",
-                keys,
-            )
-        )
-        states: dict[str, CustomerState] = {}
-        for cid, last_us, base, win in self._lookup(
-            "SELECT customer_id, last_us, base, win FROM state "
-            "WHERE customer_id IN (SELECT value FROM json_each(?))",
-            list(set(idmap.values())),
-        ):
-            states[cid] = self._decode(last_us, base, win)
+    @staticmethod
+    def _new_customer_ids(b: _Batch, valid: list[int], idmap: Mapping[str, str]) -> set[str]:
+        """The ids a batch may give customers none of whose identifiers is known yet (the rule
+        of `_plan`): with the known customers', every state the batch can touch."""
+        out = set()
+        for i in valid:
+            ck, lk = b.customer_key[i], b.link_key[i]
+            if ck in idmap or (lk is not None and lk in idmap):
+                continue
+            out.add(customer_id_of(ck if lk is None or lk == ck else min(ck, lk)))
+        return out
 
-        touched: set[str] = set()
-        applied: list[tuple[str, int]] = []
-        logged: list[tuple[Any, ...]] = []
-        new_identity: list[tuple[str, str]] = []
-        new_customers = unmerged = 0
+    def _plan(
+        self,
+        b: _Batch,
+        valid: list[int],
+        reasons: list[str | None],
+        watermark: int | None,
+        seen: set[str],
+        idmap: dict[str, str],
+        states: dict[str, CustomerState | None],
+        load_state: Callable[[str], CustomerState | None],
+        log_us: int | None,
+    ) -> _Plan:
+        """The batch applied in memory, in the order of `valid`: duplicates marked in `reasons`,
+        identities resolved online, states updated. `states` holds the stored states read so
+        far (None: no state); `load_state` reads one more."""
+        plan = _Plan({}, [], [], [])
         apply = self.updater.apply
         for i in valid:
             eid, ts = b.event_id[i], b.ts_us[i]
@@ -888,73 +893,28 @@ class OnlineStore:
             else:
                 adds = [ck] if lk is None else [ck, lk]
                 cid = customer_id_of(min(adds))
-            state = states.get(cid)
-            is_new = False
+            state = plan.states.get(cid)
             if state is None:
-                row = con.execute(
-                    "SELECT last_us, base, win FROM state WHERE customer_id = ?", (cid,)
-                ).fetchone()
-                if row is None:
-                    state, is_new = self.updater.new_state(), True
-                else:
-                    state = self._decode(*row)
+                state = states[cid] if cid in states else load_state(cid)
+                if state is None:
+                    state = self.updater.new_state()
+                    plan.new_customers += 1
             apply(state, ts, b.channel[i], b.event_type[i], b.amount[i], b.category[i])
-            states[cid] = state
-            touched.add(cid)
+            plan.states[cid] = state
             seen.add(eid)
-            applied.append((eid, ts))
+            plan.applied.append((eid, ts))
             if log_us is not None:
                 amount, propensity = b.amount[i], b.propensity[i]
-                logged.append(
+                plan.logged.append(
                     (eid, ts, ck, b.link_key[i], b.channel[i], b.event_type[i], b.action_id[i])
                     + (None if amount != amount else amount, b.category[i])
                     + (None if propensity != propensity else propensity, cid, log_us)
                 )
             for ident in adds:
                 idmap[ident] = cid
-                new_identity.append((ident, cid))
-            new_customers += is_new
-            unmerged += merge_conflict
-
-        con.executemany(_UPSERT_STATE, [(cid, *self._encode(states[cid])) for cid in touched])
-        con.executemany("INSERT INTO applied (event_id, ts_us) VALUES (?, ?)", applied)
-        con.executemany(
-            "INSERT INTO identity (identifier, customer_id) VALUES (?, ?)", new_identity
-        )
-        con.executemany(_INSERT_LOG, logged)
-        return [a[0] for a in applied], new_customers, len(new_identity), unmerged
-
-    # ------------------------------------------------------------------ the event log
-
-    def logged_events(self, after_seq: int = 0) -> pd.DataFrame:
-        """The event log (events applied with `log=True`) in the contract's columns and types,
-        plus customer_id, seq and the receiving time, in arrival order."""
-        with self._lock:
-            return _logged_events(self._con, after_seq)
-
-    def logged_events_of(self, customer_id: str) -> pd.DataFrame:
-        """One customer's logged events (as `logged_events`), newest first: what the service
-        accepted since the last ingest, for that customer's history."""
-        with self._lock:
-            return _logged_events(self._con, customer_id=customer_id)
-
-    def forget_applied_before(self, before_us: int) -> int:
-        """Bound the idempotency table: drop the ids of events older than `before_us` and raise
-        the watermark to it, so replays of those events stay duplicates (a late event older than
-        it is then rejected too). Returns the ids dropped."""
-        with self._lock:
-            con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                wm = self._meta("watermark_us")
-                if wm is None or int(wm) < before_us:
-                    self._set_meta("watermark_us", str(int(before_us)))
-                dropped = con.execute("DELETE FROM applied WHERE ts_us < ?", (before_us,)).rowcount
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        return dropped
+                plan.identity.append((ident, cid))
+            plan.unmerged += merge_conflict
+        return plan
 
     # ------------------------------------------------------------------ materialisation
 
@@ -968,7 +928,8 @@ class OnlineStore:
         identity: str | None = "identity",
         chunk_rows: int = _CHUNK,
     ) -> int:
-        """Replace the store's content by the batch state as of `as_of`; returns customers.
+        """Replace the store's content (all but the event log) by the batch state as of
+        `as_of`; returns customers.
 
         `con` has `events` (contract columns + customer_id) and optionally `customers` and
         `identity` (identifier, customer_id); a missing optional relation is skipped (identity
@@ -992,47 +953,38 @@ class OnlineStore:
                 f"SELECT b.{CUSTOMER_ID}, {casts}, w.w_ts, w.w_agg FROM ({base_sql}) b "
                 f"LEFT JOIN ({win_sql}) w ON w.{CUSTOMER_ID} = b.{CUSTOMER_ID}"
             )
-        has_identity = identity is not None and _has_relation(con, identity)
+        if identity is not None and _has_relation(con, identity):
+            id_sql = (
+                f"SELECT CAST(identifier AS VARCHAR), CAST({CUSTOMER_ID} AS VARCHAR) "
+                f"FROM {identity}"
+            )
+        else:
+            id_sql = (
+                f"SELECT DISTINCT CAST({CUSTOMER_KEY} AS VARCHAR), "
+                f"CAST({CUSTOMER_ID} AS VARCHAR) FROM {events}"
+            )
         has_customers = customers is not None and _has_relation(con, customers)
         n_customers = 0
-        with self._lock:
-            lite = self._con
-            lite.execute("BEGIN IMMEDIATE")
-            try:
-                for table in ("state", "applied", "identity", "profile"):
-                    lite.execute(f"DELETE FROM {table}")
-                for batch in _batches(con, sql, chunk_rows):
-                    n_customers += self._write_state_chunk(batch, as_of_us)
-                if has_identity:
-                    id_sql = (
-                        f"SELECT CAST(identifier AS VARCHAR), CAST({CUSTOMER_ID} AS VARCHAR) "
-                        f"FROM {identity}"
-                    )
-                else:
-                    id_sql = (
-                        f"SELECT DISTINCT CAST({CUSTOMER_KEY} AS VARCHAR), "
-                        f"CAST({CUSTOMER_ID} AS VARCHAR) FROM {events}"
-                    )
-                for batch in _batches(con, id_sql, chunk_rows):
-                    lite.executemany(
-                        "INSERT OR IGNORE INTO identity (identifier, customer_id) VALUES (?, ?)",
-                        zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True),
-                    )
-                profile_names, kinds = (
-                    self._write_profiles(con, customers, chunk_rows) if has_customers else ([], [])
+        with self._replacing() as out:
+            for batch in _batches(con, sql, chunk_rows):
+                n_customers += out.states(self._state_rows(batch, as_of_us))
+            for batch in _batches(con, id_sql, chunk_rows):
+                out.identity(
+                    list(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
                 )
-                self._set_meta("watermark_us", str(as_of_us))
-                self._set_meta(
-                    "materialized_as_of", pd.Timestamp(as_of_us, unit="us", tz="UTC").isoformat()
-                )
-                self._set_meta("profile_columns", json.dumps(profile_names))
-                self._set_meta("profile_kinds", json.dumps(kinds))
-                lite.execute("COMMIT")
-            except BaseException:
-                lite.execute("ROLLBACK")
-                raise
-            self._profile_names, self._profile_kinds = profile_names, kinds
-            lite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            profile_names: list[str] = []
+            kinds: list[str] = []
+            if has_customers:
+                profile_names, kinds = self._profile_rows(con, customers, chunk_rows, out.profiles)
+            out.meta(
+                {
+                    "watermark_us": str(as_of_us),
+                    "materialized_as_of": pd.Timestamp(as_of_us, unit="us", tz="UTC").isoformat(),
+                    "profile_columns": json.dumps(profile_names),
+                    "profile_kinds": json.dumps(kinds),
+                }
+            )
+        self._profile_names, self._profile_kinds = profile_names, kinds
         return n_customers
 
     def _window_sql(self, events: str, as_of_us: int) -> str | None:
@@ -1061,10 +1013,12 @@ class OnlineStore:
             f"GROUP BY {CUSTOMER_ID}"
         )
 
-    def _write_state_chunk(self, batch: pa.RecordBatch, as_of_us: int) -> int:
+    def _state_rows(self, batch: pa.RecordBatch, as_of_us: int) -> list[_StateRow]:
+        """One chunk of the materialisation query as stored states (customer_id, last_us, base,
+        window buffer)."""
         n = batch.num_rows
         if n == 0:
-            return 0
+            return []
         ids = batch.column(0).to_pylist()
         base = np.empty((n, self.n_base), dtype="<f8")
         for j in range(self.n_base):
@@ -1081,20 +1035,21 @@ class OnlineStore:
         pairs = np.empty((len(flat_ts), 2), dtype="<i8")
         pairs[:, 0], pairs[:, 1] = flat_ts, flat_agg
         raw = pairs.tobytes()
-        rows = (
+        return [
             (ids[i], as_of_us, base[i].tobytes(), raw[offsets[i] * 16 : offsets[i + 1] * 16])
             for i in range(n)
-        )
-        self._con.executemany(
-            "INSERT INTO state (customer_id, last_us, base, win) VALUES (?, ?, ?, ?)", rows
-        )
-        return n
+        ]
 
-    def _write_profiles(
-        self, con: duckdb.DuckDBPyConnection, customers: str, chunk_rows: int
+    def _profile_rows(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        customers: str,
+        chunk_rows: int,
+        write: Callable[[list[tuple[str, str]]], None],
     ) -> tuple[list[str], list[str]]:
-        """Profile columns of the customers table (`features.profile_columns`) as JSON arrays;
-        returns their names and kinds (times are kept as ISO text and read back as times)."""
+        """Profile columns of the customers table (`features.profile_columns`) as JSON arrays,
+        handed to `write` chunk by chunk; returns their names and kinds (times are kept as ISO
+        text and read back as times)."""
         wanted = self.fs.config.profile_columns
         empty = profile_columns(con.sql(f"SELECT * FROM {customers} LIMIT 0").df(), wanted)
         names = list(empty.columns)
@@ -1102,14 +1057,325 @@ class OnlineStore:
         for batch in _batches(con, f"SELECT * FROM {customers}", chunk_rows):
             frame = profile_columns(batch.to_pandas(date_as_object=False), wanted)
             values = [_json_column(frame[c]) for c in names]
-            rows = (
-                (cid, json.dumps(list(vals), allow_nan=False))
-                for cid, *vals in zip(frame.index.tolist(), *values, strict=True)
-            )
-            self._con.executemany(
-                "INSERT OR IGNORE INTO profile (customer_id, data) VALUES (?, ?)", rows
+            write(
+                [
+                    (cid, json.dumps(list(vals), allow_nan=False))
+                    for cid, *vals in zip(frame.index.tolist(), *values, strict=True)
+                ]
             )
         return names, kinds
+
+
+class _Replace(Protocol):
+    """How a backend takes a materialisation's content (see `OnlineStoreBase._replacing`)."""
+
+    def states(self, rows: list[_StateRow]) -> int: ...
+    def identity(self, pairs: list[tuple[str, str]]) -> None: ...
+    def profiles(self, rows: list[tuple[str, str]]) -> None: ...
+    def meta(self, values: Mapping[str, str]) -> None: ...
+
+
+class OnlineStore(OnlineStoreBase):
+    """The embedded backend: one SQLite file in WAL mode (see the module's docstring).
+    Thread-safe (one connection behind a lock); several processes may open the file, writers
+    are serialised by SQLite."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: Path | str,
+        fs: FeatureSet,
+        *,
+        reset: bool = False,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        """Open (or create) the store at `path`. `reset=True` discards a store written with
+        other feature definitions instead of refusing to open it."""
+        super().__init__(fs)
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, cached_statements=64
+        )
+        con = self._con
+        con.execute("PRAGMA busy_timeout = 30000")
+        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+        con.execute(f"PRAGMA synchronous = {synchronous}")
+        con.execute("PRAGMA cache_size = -65536")  # 64 MB page cache
+        con.execute("PRAGMA mmap_size = 268435456")
+        con.executescript(_SCHEMA)
+        self._check_definitions(reset)
+        self._profile_names = json.loads(self._meta("profile_columns") or "[]")
+        self._profile_kinds = json.loads(self._meta("profile_kinds") or "[]")
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ meta and lifecycle
+
+    def _meta(self, key: str) -> str | None:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._con.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _check_definitions(self, reset: bool) -> None:
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            stored = self._meta("fingerprint")
+            version = self._meta("schema_version")
+            if stored is not None and (
+                stored != self._fingerprint or version != str(SCHEMA_VERSION)
+            ):
+                if not reset:
+                    raise DefinitionMismatch(
+                        self._mismatch_message(stored, version, self._meta("definitions"))
+                    )
+                for table in ("state", "applied", "identity", "profile", "meta"):
+                    con.execute(f"DELETE FROM {table}")
+                stored = None
+            if stored is None:
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._set_meta("fingerprint", self._fingerprint)
+                self._set_meta("definitions", self._spec)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            self._con.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    @property
+    def watermark_us(self) -> int | None:
+        with self._lock:
+            value = self._meta("watermark_us")
+        return None if value is None else int(value)
+
+    # ------------------------------------------------------------------ reads
+
+    def resolve(self, identifier: str) -> str | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT customer_id FROM identity WHERE identifier = ?", (identifier,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def identifiers(self, customer_id: str) -> list[str]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT identifier FROM identity WHERE customer_id = ? ORDER BY identifier",
+                (customer_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def customer_ids(self) -> list[str]:
+        with self._lock:
+            rows = self._con.execute("SELECT customer_id FROM state ORDER BY customer_id")
+            return [r[0] for r in rows]
+
+    def is_applied(self, event_id: str) -> bool:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT 1 FROM applied WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return row is not None
+
+    def _known_without_state(self, customer_id: str) -> bool:
+        row = self._con.execute(
+            "SELECT 1 FROM identity WHERE customer_id = ? LIMIT 1", (customer_id,)
+        ).fetchone()
+        return row is not None
+
+    def _fetch(self, customer_id: str) -> _Stored | None:
+        with self._lock:
+            last_us, base, win, data = self._con.execute(_READ_ONE, (customer_id,)).fetchone()
+            if base is None and data is None and not self._known_without_state(customer_id):
+                return None
+        return last_us, base, win, data
+
+    def _fetch_many(self, customer_ids: list[str]) -> dict[str, _Stored | None]:
+        with self._lock:
+            fetched = self._con.execute(_READ_MANY, (json.dumps(customer_ids),)).fetchall()
+            return {
+                cid: (last_us, base, win, data)
+                if base is not None or data is not None or self._known_without_state(cid)
+                else None
+                for cid, last_us, base, win, data in fetched
+            }
+
+    # ------------------------------------------------------------------ event application
+
+    def _lookup(self, sql: str, keys: list[str]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            out += self._con.execute(sql, (json.dumps(chunk),)).fetchall()
+        return out
+
+    def _state_of(self, customer_id: str) -> tuple[int, bytes, bytes] | None:
+        return self._con.execute(
+            "SELECT last_us, base, win FROM state WHERE customer_id = ?", (customer_id,)
+        ).fetchone()
+
+    def _commit(
+        self,
+        b: _Batch,
+        valid: list[int],
+        reasons: list[str | None],
+        log_us: int | None,
+        expect: Mapping[str, bytes | None] | None,
+    ) -> _Plan | None:
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                changed = any(
+                    state_version(*(self._state_of(cid) or (None, None, None))) != version
+                    for cid, version in (expect or {}).items()
+                )
+                plan = None if changed else self._apply_locked(b, valid, reasons, log_us)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return plan
+
+    def _apply_locked(
+        self, b: _Batch, valid: list[int], reasons: list[str | None], log_us: int | None
+    ) -> _Plan:
+        """The batch's reads, plan and writes inside `_commit`'s transaction."""
+        con = self._con
+        wm = self._meta("watermark_us")
+        ids, keys = self._batch_keys(b, valid)
+        seen = {
+            r[0]
+            for r in self._lookup(
+                "SELECT event_id FROM applied WHERE event_id IN (SELECT value FROM json_each(?))",
+                ids,
+            )
+        }
+        idmap: dict[str, str] = dict(
+            self._lookup(
+                "SELECT identifier, customer_id FROM identity "
+                "WHERE identifier IN (SELECT value FROM json_each(?))",
+                keys,
+            )
+        )
+        states: dict[str, CustomerState | None] = {
+            cid: self._decode(last_us, base, win)
+            for cid, last_us, base, win in self._lookup(
+                "SELECT customer_id, last_us, base, win FROM state "
+                "WHERE customer_id IN (SELECT value FROM json_each(?))",
+                list(set(idmap.values())),
+            )
+        }
+
+        def load_state(cid: str) -> CustomerState | None:
+            row = self._state_of(cid)
+            return None if row is None else self._decode(*row)
+
+        plan = self._plan(
+            b,
+            valid,
+            reasons,
+            None if wm is None else int(wm),
+            seen,
+            idmap,
+            states,
+            load_state,
+            log_us,
+        )
+        con.executemany(
+            _UPSERT_STATE, [(cid, *self._encode(s)) for cid, s in plan.states.items()]
+        )
+        con.executemany("INSERT INTO applied (event_id, ts_us) VALUES (?, ?)", plan.applied)
+        con.executemany(
+            "INSERT INTO identity (identifier, customer_id) VALUES (?, ?)", plan.identity
+        )
+        con.executemany(_INSERT_LOG, plan.logged)
+        return plan
+
+    # ------------------------------------------------------------------ the event log
+
+    def logged_events(self, after_seq: int = 0) -> pd.DataFrame:
+        with self._lock:
+            return _logged_events(self._con, after_seq)
+
+    def logged_events_of(self, customer_id: str) -> pd.DataFrame:
+        with self._lock:
+            return _logged_events(self._con, customer_id=customer_id)
+
+    def forget_applied_before(self, before_us: int) -> int:
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                wm = self._meta("watermark_us")
+                if wm is None or int(wm) < before_us:
+                    self._set_meta("watermark_us", str(int(before_us)))
+                dropped = con.execute("DELETE FROM applied WHERE ts_us < ?", (before_us,)).rowcount
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return dropped
+
+    # ------------------------------------------------------------------ materialisation
+
+    @contextmanager
+    def _replacing(self) -> Iterator[_Replace]:
+        """One transaction: the old content and the new are never both half there."""
+        with self._lock:
+            lite = self._con
+            lite.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("state", "applied", "identity", "profile"):
+                    lite.execute(f"DELETE FROM {table}")
+                yield _SqliteReplace(self)
+                lite.execute("COMMIT")
+            except BaseException:
+                lite.execute("ROLLBACK")
+                raise
+            lite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class _SqliteReplace:
+    def __init__(self, store: OnlineStore) -> None:
+        self._store, self._con = store, store._con
+
+    def states(self, rows: list[_StateRow]) -> int:
+        self._con.executemany(
+            "INSERT INTO state (customer_id, last_us, base, win) VALUES (?, ?, ?, ?)", rows
+        )
+        return len(rows)
+
+    def identity(self, pairs: list[tuple[str, str]]) -> None:
+        self._con.executemany(
+            "INSERT OR IGNORE INTO identity (identifier, customer_id) VALUES (?, ?)", pairs
+        )
+
+    def profiles(self, rows: list[tuple[str, str]]) -> None:
+        self._con.executemany(
+            "INSERT OR IGNORE INTO profile (customer_id, data) VALUES (?, ?)", rows
+        )
+
+    def meta(self, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            self._store._set_meta(key, value)
 
 
 def _logged_events(
@@ -1122,23 +1388,90 @@ def _logged_events(
         rows = con.execute(
             f"{select} WHERE customer_id = ? ORDER BY ts_us DESC, seq DESC", (customer_id,)
         ).fetchall()
-    frame = pd.DataFrame(rows, columns=["seq", *_LOG_COLUMNS])
+    return log_frame(rows)
+
+
+def log_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """Event log rows (seq, then `_LOG_COLUMNS`) in the contract's columns and types, plus
+    customer_id, seq and the receiving time."""
+    frame = pd.DataFrame(list(rows), columns=["seq", *_LOG_COLUMNS])
     frame[TS] = pd.to_datetime(frame.pop("ts_us").astype("int64"), unit="us", utc=True)
     frame["received"] = pd.to_datetime(
         frame.pop("received_us").astype("int64"), unit="us", utc=True
     )
+    frame["seq"] = frame["seq"].astype("int64")
     for name in (AMOUNT, PROPENSITY):
         frame[name] = frame[name].astype("float64")
     return frame[[*EVENT_COLUMNS, CUSTOMER_ID, "seq", "received"]]
 
 
-def export_event_log(store_path: Path, target: Path) -> int | None:
-    """Write the event log of the online store at `store_path` as a contract events file, the
-    next ingest's input (written aside, then renamed: a reader never sees half a file). Returns
-    the events written, None when there is no store or it has logged nothing. Needs no feature
+def open_online_store(
+    data_dir: DataDir,
+    fs: FeatureSet,
+    config: OnlineStoreConfig | None = None,
+    *,
+    reset: bool = False,
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+) -> OnlineStoreBase:
+    """The online store the configuration names: the data directory's SQLite file, or the
+    Redis at `config.url` (NBA_REDIS_URL overrides it) under `config.namespace`."""
+    config = config or OnlineStoreConfig()
+    if config.backend == "redis":
+        from features.redis_online_store import RedisOnlineStore
+
+        return RedisOnlineStore(config, fs, reset=reset)
+    return OnlineStore(data_dir.online_store, fs, reset=reset, synchronous=synchronous)
+
+
+def online_store_exists(data_dir: DataDir, config: OnlineStoreConfig | None = None) -> bool:
+    """True when the configured online store has been written (materialised or streamed into):
+    what a service needs before it can start."""
+    config = config or OnlineStoreConfig()
+    if config.backend == "redis":
+        from features.redis_online_store import redis_store_exists
+
+        return redis_store_exists(config)
+    return data_dir.online_store.is_file()
+
+
+def online_store_location(data_dir: DataDir, config: OnlineStoreConfig | None = None) -> str:
+    """Where the configured online store lives, for messages."""
+    config = config or OnlineStoreConfig()
+    if config.backend == "redis":
+        from features.redis_online_store import redis_location
+
+        return redis_location(config)
+    return str(data_dir.online_store)
+
+
+def export_event_log(
+    data_dir: DataDir, target: Path, config: OnlineStoreConfig | None = None
+) -> int | None:
+    """Write the event log of the configured online store as a contract events file, the next
+    ingest's input (written aside, then renamed: a reader never sees half a file). Returns the
+    events written, None when there is no store or it has logged nothing. Needs no feature
     definitions: the log is raw events."""
     import pyarrow.parquet as pq
 
+    config = config or OnlineStoreConfig()
+    if config.backend == "redis":
+        from features.redis_online_store import redis_logged_events
+
+        events = redis_logged_events(config)
+    else:
+        events = _sqlite_logged_events(data_dir.online_store)
+    if events is None or events.empty:
+        return None
+    table = pa.Table.from_pandas(events[EVENT_COLUMNS], schema=EVENT_SCHEMA, preserve_index=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(target)
+    return len(events)
+
+
+def _sqlite_logged_events(store_path: Path) -> pd.DataFrame | None:
+    """The event log of the SQLite store at `store_path`, read-only; None without a store."""
     if not Path(store_path).is_file():
         return None
     con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
@@ -1147,17 +1480,9 @@ def export_event_log(store_path: Path, target: Path) -> int | None:
         has_log = con.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_log'"
         ).fetchone()
-        events = _logged_events(con)[EVENT_COLUMNS] if has_log else None
+        return _logged_events(con) if has_log else None
     finally:
         con.close()
-    if events is None or events.empty:
-        return None
-    table = pa.Table.from_pandas(events, schema=EVENT_SCHEMA, preserve_index=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(target)
-    return len(events)
 
 
 def _sql_lit(value: str) -> str:
