@@ -1,5 +1,7 @@
 """Online store: durability across restarts and crashes, idempotency, late events, identity,
-nothing lost (applied + rejected == received), refusal of state from other definitions."""
+nothing lost (applied + rejected == received), refusal of state from other definitions,
+conditional batches. Every behaviour is checked on both backends (SQLite and a real
+redis-server), through the `opener` fixture."""
 
 from __future__ import annotations
 
@@ -9,17 +11,21 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import redis
+from redis_server import RedisServer
 
-from features.config import DataConfig
+from features.config import DataConfig, OnlineStoreConfig
 from features.definitions import FeatureConfig, FeatureSet
 from features.identity import customer_id_sql
 from features.online_store import (
+    CONFLICT,
     DUPLICATE,
     EMPTY_CUSTOMER_KEY,
     FUTURE_TIMESTAMP,
@@ -35,6 +41,7 @@ from features.online_store import (
     OnlineStore,
     customer_id_of,
 )
+from features.redis_online_store import OnlineStoreUnavailable, RedisOnlineStore
 
 ROOT = Path(__file__).resolve().parents[2]
 FS = FeatureSet(DataConfig(), FeatureConfig())
@@ -66,8 +73,8 @@ def purchase(eid: str, days: float, key: str = "loyalty:1", amount: float = 10.0
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = OnlineStore(tmp_path / "online.db", FS)
+def store(opener):
+    s = opener()
     yield s
     s.close()
 
@@ -78,13 +85,12 @@ def _state_row(store: OnlineStore, customer_id: str) -> tuple:
     ).fetchone()
 
 
-def test_survives_close_and_reopen(tmp_path):
-    path = tmp_path / "online.db"
-    with OnlineStore(path, FS) as s:
+def test_survives_close_and_reopen(opener):
+    with opener() as s:
         s.apply_events(events(purchase("a", 0), purchase("b", 1, amount=5.0)))
         cid = s.resolve("loyalty:1")
         before = s.read(cid, T_US + 3 * DAY_US)
-    with OnlineStore(path, FS) as s:
+    with opener() as s:
         assert s.resolve("loyalty:1") == cid
         np.testing.assert_equal(s.read(cid, T_US + 3 * DAY_US), before)  # NaN == NaN
         assert before["all_purchase_count"] == 2.0 and before["all_spend_sum"] == 15.0
@@ -99,9 +105,15 @@ _CHILD = textwrap.dedent(
     import pandas as pd
     from features.config import DataConfig
     from features.definitions import FeatureConfig, FeatureSet
+    from features.config import OnlineStoreConfig
     from features.online_store import OnlineStore
+    from features.redis_online_store import OnlineStoreUnavailable, RedisOnlineStore
 
-    store = OnlineStore(sys.argv[1], FeatureSet(DataConfig(), FeatureConfig()))
+    spec, fs = json.loads(sys.argv[1]), FeatureSet(DataConfig(), FeatureConfig())
+    if "path" in spec:
+        store = OnlineStore(spec["path"], fs)
+    else:
+        store = RedisOnlineStore(OnlineStoreConfig(backend="redis", **spec), fs)
     t0 = pd.Timestamp("2025-03-01", tz="UTC")
     batch = 0
     while True:
@@ -122,13 +134,13 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.integration
-def test_acknowledged_batches_survive_sigkill(tmp_path):
-    path = tmp_path / "online.db"
+def test_acknowledged_batches_survive_sigkill(tmp_path, opener):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    spec = json.dumps(opener.spec("child"))
     child = subprocess.Popen(
-        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, str(script), spec], stdout=subprocess.PIPE, text=True, env=env
     )
     acked: list[int] = []
     try:
@@ -145,7 +157,7 @@ def test_acknowledged_batches_survive_sigkill(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert acked == list(range(6))
 
-    with OnlineStore(path, FS) as s:
+    with opener("child") as s:
         complete = 0
         for b in range(len(acked) + 3):
             present = [s.is_applied(f"b{b}-{i}") for i in range(300)]
@@ -192,6 +204,123 @@ def test_a_batch_is_all_or_nothing(tmp_path):
         assert s.apply_events(events(purchase("b", 1))).applied == 1
 
 
+def test_a_redis_batch_is_all_or_nothing(redis_config):
+    """A process dying between its first queued write and EXEC leaves nothing of the batch."""
+    with RedisOnlineStore(redis_config, FS) as s:
+        s.apply_events(events(purchase("a", 0)))
+        cid = s.resolve("loyalty:1")
+        before = s._fetch(cid)
+        queue = s._write
+
+        def crash(pipe, plan):
+            queue(pipe, plan)  # every write queued in the MULTI, then the process dies
+            raise KeyboardInterrupt("simulated crash before EXEC")
+
+        s._write = crash
+        with pytest.raises(KeyboardInterrupt):
+            s.apply_events(events(purchase("b", 1), purchase("c", 2, key="loyalty:2")))
+    with RedisOnlineStore(redis_config, FS) as s:
+        assert s._fetch(cid) == before
+        assert not s.is_applied("b") and not s.is_applied("c")
+        assert s.resolve("loyalty:2") is None and s.logged_events().empty
+        assert s.apply_events(events(purchase("b", 1))).applied == 1
+
+
+@pytest.mark.integration
+def test_acknowledged_batches_survive_redis_killed_and_restarted(tmp_path):
+    """redis-server killed with SIGKILL after acknowledged batches (appendfsync always) and
+    started again on its append-only file: every acknowledged batch is there, exactly once."""
+    server = RedisServer(tmp_path / "redis").start()
+    cfg = OnlineStoreConfig(backend="redis", url=server.url, namespace="restart")
+    try:
+        with RedisOnlineStore(cfg, FS) as s:
+            for b in range(5):
+                batch = events(
+                    *(purchase(f"r{b}-{i}", b + i / 100, f"loyalty:{i % 7}") for i in range(40))
+                )
+                assert s.apply_events(batch, log=True).applied == 40
+            state = s.read_many(s.customer_ids(), T_US + 30 * DAY_US)
+        server.kill()
+        with pytest.raises(OnlineStoreUnavailable):
+            RedisOnlineStore(cfg, FS)
+        server.start()
+        with RedisOnlineStore(cfg, FS) as s:
+            assert all(s.is_applied(f"r{b}-{i}") for b in range(5) for i in range(40))
+            again = s.read_many(s.customer_ids(), T_US + 30 * DAY_US)
+            pd.testing.assert_frame_equal(again, state)
+            assert again["all_purchase_count"].sum() == 200
+            log = s.logged_events()
+            assert len(log) == 200 and log["event_id"].is_unique
+            assert list(log["seq"]) == list(range(1, 201))
+            # re-sent after the restart: duplicates
+            assert s.apply_events(events(purchase("r0-0", 0, "loyalty:0"))).by_reason == {
+                DUPLICATE: 1
+            }
+    finally:
+        server.stop()
+
+
+def test_a_redis_store_without_an_append_only_file_is_refused(tmp_path, redis_config):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        redis.Redis(port=server.port).config_set("appendonly", "no")
+        cfg = redis_config.model_copy(update={"url": server.url})
+        with pytest.raises(OnlineStoreUnavailable, match="append-only file"):
+            RedisOnlineStore(cfg, FS)
+        with RedisOnlineStore(cfg.model_copy(update={"require_aof": False}), FS) as s:
+            assert s.apply_events(events(purchase("a", 0))).applied == 1
+    finally:
+        server.stop()
+
+
+def test_a_conditional_batch_commits_only_on_the_state_it_was_decided_on(store):
+    """`expect` holds the state version a decision read: a change since then (another
+    replica's event) rejects the whole batch as `conflict`; on the current version it applies."""
+    store.apply_events(events(purchase("a", 0)))
+    cid = store.resolve("loyalty:1")
+    seen = store.read_row(cid, T_US + DAY_US).version
+    sent = events(("s", 0.5, "loyalty:1", None, "sms", "sent", None, None))
+    store.apply_events(events(purchase("b", 0.2)))  # someone else's write meanwhile
+    late = store.apply_events(sent, expect={cid: seen})
+    assert (late.applied, late.by_reason) == (0, {CONFLICT: 1})
+    assert not store.is_applied("s")
+    current = store.read_row(cid, T_US + DAY_US).version
+    assert current != seen
+    assert store.apply_events(sent, expect={cid: current}).applied == 1
+    # a customer unknown when decided (version None) who appeared meanwhile: conflict too
+    new = customer_id_of("loyalty:9")
+    store.apply_events(events(purchase("c", 0.3, key="loyalty:9")))
+    again = store.apply_events(events(purchase("d", 0.4, key="loyalty:9")), expect={new: None})
+    assert again.by_reason == {CONFLICT: 1}
+
+
+def test_concurrent_writers_of_the_same_customers_lose_nothing(opener):
+    """Four writers (own connections) apply interleaved batches to the same five customers at
+    once: every event is applied exactly once and the counts add up."""
+    stores = [opener() for _ in range(4)]
+    try:
+
+        def write(w: int) -> int:
+            applied = 0
+            for b in range(15):
+                rows = [
+                    purchase(f"w{w}-{b}-{i}", (w * 15 + b) / 100 + i / 10_000, f"loyalty:{i % 5}")
+                    for i in range(10)
+                ]
+                applied += stores[w].apply_events(events(*rows)).applied
+            return applied
+
+        with ThreadPoolExecutor(4) as pool:
+            applied = sum(pool.map(write, range(4)))
+        assert applied == 4 * 15 * 10
+        s = stores[0]
+        counts = s.read_many(s.customer_ids(), T_US + 30 * DAY_US)["all_purchase_count"]
+        assert len(counts) == 5 and counts.sum() == 600 and (counts == 120).all()
+    finally:
+        for st in stores:
+            st.close()
+
+
 def test_duplicates_apply_once_within_and_across_batches(store):
     first = store.apply_events(events(purchase("a", 0), purchase("a", 0), purchase("b", 1)))
     assert (first.applied, first.n_rejected) == (2, 1)
@@ -205,7 +334,7 @@ def test_duplicates_apply_once_within_and_across_batches(store):
     assert feats["all_purchase_count"] == 3.0 and feats["all_spend_sum"] == 30.0
 
 
-def test_a_late_event_is_applied_as_if_it_had_come_in_time_order(tmp_path):
+def test_a_late_event_is_applied_as_if_it_had_come_in_time_order(opener):
     """Events older than the customer's last one (a channel's clock behind, a store's nightly
     upload) are accepted and give the features of the same events applied in time order:
     decayed sums, counts, last/first times, window counts, consent, a link on the late event."""
@@ -223,8 +352,8 @@ def test_a_late_event_is_applied_as_if_it_had_come_in_time_order(tmp_path):
         ("ancient", -400, "loyalty:1", None, "web", "visit", None, None),  # before any window
     )
     with (
-        OnlineStore(tmp_path / "late.db", FS) as behind,
-        OnlineStore(tmp_path / "sorted.db", FS) as ordered,
+        opener("late") as behind,
+        opener("sorted") as ordered,
     ):
         behind.apply_events(events(*timely))
         report = behind.apply_events(events(*late))
@@ -349,21 +478,20 @@ def test_every_event_is_applied_or_rejected_with_a_reason(store):
     assert feats["all_spend_sum"] == 10.0 + 12.5 + 10.0 + 10.0  # old, ok1 (text), dup once, late
 
 
-def test_store_written_with_other_definitions_refuses_to_open(tmp_path):
-    path = tmp_path / "online.db"
-    with OnlineStore(path, FS) as s:
+def test_store_written_with_other_definitions_refuses_to_open(opener):
+    with opener() as s:
         s.apply_events(events(purchase("a", 0)))
     other = FeatureSet(DataConfig(), FeatureConfig(half_lives_days=[7.0, 30.0]))
     with pytest.raises(DefinitionMismatch, match="other feature definitions.*re-materialise"):
-        OnlineStore(path, other)
+        opener(fs=other)
     # the refusal left the store as it was
-    with OnlineStore(path, FS) as s:
+    with opener() as s:
         assert s.resolve("loyalty:1") is not None
     # a derived-only change (priors) keeps the state usable
     priors = FeatureSet(DataConfig(), FeatureConfig(rate_prior_strength=3.0))
-    with OnlineStore(path, priors) as s:
+    with opener(fs=priors) as s:
         assert s.resolve("loyalty:1") is not None
-    with OnlineStore(path, other, reset=True) as s:
+    with opener(fs=other, reset=True) as s:
         assert s.resolve("loyalty:1") is None and s.customer_ids() == []
 
 
@@ -381,7 +509,7 @@ def test_reading_before_the_state_time_is_refused_and_now_is_the_default(store):
     )
 
 
-def test_records_path_agrees_with_the_frame_path(tmp_path):
+def test_records_path_agrees_with_the_frame_path(opener):
     """apply_records (JSON objects, no pandas) gives the state apply_events gives."""
     frame = events(
         purchase("a", 0, amount=12.5),
@@ -396,7 +524,7 @@ def test_records_path_agrees_with_the_frame_path(tmp_path):
     for r in records:
         r["ts"] = r["ts"].isoformat()  # as JSON carries it
     records[0]["amount"] = "12.5"
-    with OnlineStore(tmp_path / "a.db", FS) as a, OnlineStore(tmp_path / "b.db", FS) as b:
+    with opener("a") as a, opener("b") as b:
         ra, rb = a.apply_events(frame), b.apply_records(records)
         assert (
             (ra.applied, ra.by_reason)
@@ -428,8 +556,10 @@ def test_forgetting_old_ids_keeps_replays_duplicates(store):
 
 
 def test_single_read_path_uses_no_pandas(store, monkeypatch):
-    """The serving path: one indexed SQLite lookup and numpy, no DataFrame (sub-millisecond)."""
+    """The serving path: one indexed lookup (SQLite) or one round trip (Redis) and numpy, no
+    DataFrame (sub-millisecond)."""
     import features.online_store as module
+    import features.redis_online_store as redis_module
 
     store.apply_events(events(purchase("a", 0)))
     cid = store.resolve("loyalty:1")
@@ -439,5 +569,6 @@ def test_single_read_path_uses_no_pandas(store, monkeypatch):
             raise AssertionError(f"pandas.{name} used on the single-read path")
 
     monkeypatch.setattr(module, "pd", NoPandas())
+    monkeypatch.setattr(redis_module, "pd", NoPandas())
     assert store.read(cid, T_US + DAY_US)["all_purchase_count"] == 1.0
     assert store.read("c_0000000000000000") is None

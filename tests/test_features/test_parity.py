@@ -1,5 +1,6 @@
 """One definition, two executions: events replayed through the online store give the features
-the batch engine computes at the same time, to float tolerance (design: Principles)."""
+the batch engine computes at the same time, to float tolerance (design: Principles), on both
+online-store backends (SQLite and a real redis-server)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from features.config import DataConfig
 from features.contract import CUSTOMER_ID, CUSTOMER_KEY, LINK_KEY, TS
 from features.definitions import FeatureConfig, FeatureSet
 from features.identity import resolve_identities
-from features.online_store import DUPLICATE, OnlineStore, customer_id_of
+from features.online_store import DUPLICATE, OnlineStoreBase, customer_id_of
 
 START = pd.Timestamp("2025-01-06", tz="UTC")
 DAYS = 100
@@ -100,7 +101,7 @@ def con(history):
     c.close()
 
 
-def _replay(store: OnlineStore, events: pd.DataFrame, batches: int, seed: int) -> None:
+def _replay(store: OnlineStoreBase, events: pd.DataFrame, batches: int, seed: int) -> None:
     """Events in ts order, cut into batches, each batch shuffled (the store sorts it)."""
     rng = np.random.default_rng(seed)
     ordered = events.sort_values(TS, kind="stable")
@@ -126,12 +127,12 @@ def _cut(history: pd.DataFrame, q: float) -> pd.Timestamp:
 
 
 @pytest.mark.parametrize("q", [0.45, 1.0])
-def test_streaming_replay_equals_batch_snapshot(tmp_path, history, con, q):
+def test_streaming_replay_equals_batch_snapshot(opener, history, con, q):
     t = _cut(history, q)
     assert (history[TS] == t).sum() >= 2  # ties at the cut-off stay out
     engine = BatchEngine(FS, con)
     expected = engine.snapshot(t)
-    store = OnlineStore(tmp_path / "online.db", FS)
+    store = opener()
     _replay(store, history[history[TS] < t], batches=7, seed=1)
     assert store.customer_ids() == sorted(expected[CUSTOMER_ID])
     online = store.read_many(list(expected[CUSTOMER_ID]), as_of_us=int(to_us(t)))
@@ -149,11 +150,11 @@ def test_streaming_replay_equals_batch_snapshot(tmp_path, history, con, q):
     _compare(store.read_many(list(expected[CUSTOMER_ID]), int(to_us(t))), expected)
 
 
-def test_one_state_read_at_two_times(tmp_path, history, con):
+def test_one_state_read_at_two_times(opener, history, con):
     """State streamed to t1, read at t1 and again 3 days later (decay, sliding windows and days
     since move on without events): the batch at both times on the history before t1."""
     t1 = _cut(history, 0.6)
-    store = OnlineStore(tmp_path / "online.db", FS)
+    store = opener()
     _replay(store, history[history[TS] < t1], batches=3, seed=2)
     con.register("events_t1", history[history[TS] < t1])
     engine = BatchEngine(FS, con, events="events_t1")
@@ -162,7 +163,7 @@ def test_one_state_read_at_two_times(tmp_path, history, con):
         _compare(store.read_many(list(expected[CUSTOMER_ID]), int(to_us(t))), expected)
 
 
-def test_materialize_then_stream_equals_batch(tmp_path, history, con):
+def test_materialize_then_stream_equals_batch(opener, history, con):
     t1, t2 = _cut(history, 0.5), _cut(history, 0.85)
     _, mapping = with_customer_id(history.drop(columns=CUSTOMER_ID))
     con.register("identity", mapping)
@@ -176,7 +177,7 @@ def test_materialize_then_stream_equals_batch(tmp_path, history, con):
         }
     )
     con.register("customers", customers)
-    store = OnlineStore(tmp_path / "online.db", FS)
+    store = opener()
     n = store.materialize(con, t1, chunk_rows=7)  # tiny chunks exercise the chunking
     assert n == history.loc[history[TS] < t1, CUSTOMER_ID].nunique()
     assert store.watermark_us == to_us(t1)
@@ -196,13 +197,13 @@ def test_materialize_then_stream_equals_batch(tmp_path, history, con):
             check_index=False,
         )
     # materialised at t1 and read at t1: the batch snapshot as of t1
-    store2 = OnlineStore(tmp_path / "online2.db", FS)
+    store2 = opener("online2")
     store2.materialize(con, t1)
     expected = BatchEngine(FS, con, customers="customers").snapshot(t1)
     _compare(store2.read_many(list(expected[CUSTOMER_ID]), int(to_us(t1))), expected)
 
 
-def _replay_expecting(store: OnlineStore, events: pd.DataFrame, applied: int) -> None:
+def _replay_expecting(store: OnlineStoreBase, events: pd.DataFrame, applied: int) -> None:
     total = 0
     ordered = events.sort_values(TS, kind="stable").drop(columns=CUSTOMER_ID)
     for part in np.array_split(np.arange(len(ordered)), 4):
@@ -225,7 +226,7 @@ def synth_world(tmp_path_factory):
     return DataDir(root)
 
 
-def test_synthetic_world_replay_equals_batch(tmp_path, synth_world):
+def test_synthetic_world_replay_equals_batch(opener, synth_world):
     """The ingested store's events replayed online (identity and profiles materialised first,
     so both sides name customers alike) give the batch snapshot with profiles."""
     from features.event_store import open_store
@@ -235,7 +236,7 @@ def test_synthetic_world_replay_equals_batch(tmp_path, synth_world):
         history = con.sql("SELECT * FROM events ORDER BY ts, event_id").df()
         start = history[TS].min()
         t = _cut(history, 0.8)
-        store = OnlineStore(tmp_path / "online.db", FS)
+        store = opener()
         assert store.materialize(con, start) == 0  # identity map and profiles, no events yet
         assert store.profile_names
         _replay(store, history[history[TS] < t], batches=5, seed=3)
