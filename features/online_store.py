@@ -764,7 +764,6 @@ class OnlineStoreBase(ABC):
                 out[i] = PROPENSITY_OUT_OF_RANGE
         return out
 
-
     # ------------------------------------------------------------------ event application
 
     def apply_events(
@@ -1299,9 +1298,7 @@ class OnlineStore(OnlineStoreBase):
             load_state,
             log_us,
         )
-        con.executemany(
-            _UPSERT_STATE, [(cid, *self._encode(s)) for cid, s in plan.states.items()]
-        )
+        con.executemany(_UPSERT_STATE, [(cid, *self._encode(s)) for cid, s in plan.states.items()])
         con.executemany("INSERT INTO applied (event_id, ts_us) VALUES (?, ?)", plan.applied)
         con.executemany(
             "INSERT INTO identity (identifier, customer_id) VALUES (?, ?)", plan.identity
