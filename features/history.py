@@ -25,7 +25,7 @@ from features.contract import (
     DataDir,
 )
 from features.event_store import CUSTOMER_INDEX, STORE_FILES, open_store
-from features.online_store import OnlineStore
+from features.online_store import OnlineStoreBase
 
 COLUMNS = [EVENT_ID, TS, CHANNEL, EVENT_TYPE, ACTION_ID, AMOUNT, CATEGORY]
 
@@ -42,7 +42,7 @@ class ConsentChange:
 class EventHistory:
     """Reads customers' histories; thread-safe (one DuckDB cursor per call)."""
 
-    def __init__(self, data_dir: DataDir, store: OnlineStore) -> None:
+    def __init__(self, data_dir: DataDir, store: OnlineStoreBase) -> None:
         self.store = store
         self.data: DataConfig = store.fs.data
         self.revoking = list(store.fs.config.revoking_event_types)

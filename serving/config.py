@@ -157,9 +157,19 @@ class ServiceConfig(Strict):
     )
     max_events_per_call: int = Field(default=1000, ge=1, le=100_000)
     max_customers_per_score: int = Field(default=10_000, ge=1, le=1_000_000)
+    reserve_contacts: bool = Field(
+        default=True,
+        description="A recommendation to contact counts against the contact caps at once: the "
+        "service records its `sent` event (event_id = the decision id) before answering, and "
+        "only if the customer's state is still the one it decided on (else it decides again). "
+        "So concurrent requests, on one replica or several sharing a Redis online store, cannot "
+        "together pass a cap. The channel's own `sent` report with the decision id is then a "
+        "duplicate. Off: a contact counts when the channel reports it.",
+    )
     durability: Literal["NORMAL", "FULL"] = Field(
         default="FULL",
-        description="SQLite synchronous mode of the online store while serving. FULL: an "
+        description="SQLite synchronous mode of the online store while serving (the Redis "
+        "backend's durability is its appendfsync setting). FULL: an "
         "acknowledged event batch is on disk (fsync) before the answer, surviving a power loss; "
         "NORMAL: it survives a crash of the process (kill -9), not of the machine.",
     )

@@ -92,7 +92,7 @@ class CustomerViews:
         arrays = decider.arrays(row)
         features = dict(zip(self.runtime.store.fs.names, row.features.tolist(), strict=True))
         recommendation = self.runtime.recommend(
-            key, "call_centre", k=3, explain=True, context={"page": "customer-360"}
+            key, "call_centre", k=3, explain=True, context={"page": "customer-360"}, reserve=False
         )
         shown_key = masked(key, self.personal)
         recommendation.customer.key = shown_key

@@ -19,7 +19,7 @@ import pandas as pd
 
 from features.contract import CUSTOMER_ID, KEY_SEPARATOR
 from features.identity import customer_id_of
-from features.online_store import OnlineRow, OnlineStore
+from features.online_store import OnlineRow, OnlineStoreBase
 from serving.catalogue import NOTHING
 from serving.policy import HOLDOUT, DecisionPolicy, Decisions
 from training.models import FrameArrays
@@ -49,12 +49,13 @@ class Recommendation:
     customer: Customer
     requesting_channel: str
     context: dict[str, object]
+    version: bytes | None = None  # the customer's stored state it was decided on
 
 
 class RealtimeDecider:
     """The policy over the online store, one customer per call; thread-safe."""
 
-    def __init__(self, policy: DecisionPolicy, store: OnlineStore) -> None:
+    def __init__(self, policy: DecisionPolicy, store: OnlineStoreBase) -> None:
         self.policy = policy
         self.store = store
         names = list(store.fs.names)
@@ -63,7 +64,7 @@ class RealtimeDecider:
         if missing:
             raise FeatureListMismatch(
                 f"the champion bundle needs {len(missing)} feature columns the online store "
-                f"{store.path} does not hold (e.g. {', '.join(missing[:5])}): the bundle was "
+                f"{store.location} does not hold (e.g. {', '.join(missing[:5])}): the bundle was "
                 "trained with other feature definitions or a customers table the store lacks; "
                 "re-materialise the store (`nba features --materialize`) or retrain"
             )
@@ -140,7 +141,7 @@ class RealtimeDecider:
             self._add_reasons(ranked, record, arrays)
         if record["logged_as"] == HOLDOUT:
             record["reason_1"] = "held out as the randomized control: do not contact"
-        return Recommendation(record, ranked, customer, channel, dict(context or {}))
+        return Recommendation(record, ranked, customer, channel, dict(context or {}), row.version)
 
     def _add_reasons(
         self, ranked: list[dict[str, object]], record: dict[str, object], arrays: FrameArrays

@@ -16,10 +16,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.config import DataConfig, load_data_config, load_section
+from features.config import DataConfig, load_data_config, load_online_store_config, load_section
 from features.contract import CUSTOMER_ID, DataDir
 from features.definitions import FeatureConfig, FeatureSet
-from features.online_store import DefinitionMismatch, OnlineStore
+from features.online_store import (
+    CONFLICT,
+    DefinitionMismatch,
+    OnlineStoreBase,
+    online_store_exists,
+    online_store_location,
+    open_online_store,
+)
+from features.redis_online_store import OnlineStoreUnavailable
 from serving.api_models import (
     Components,
     CustomerRef,
@@ -35,13 +43,16 @@ from serving.catalogue import NOTHING
 from serving.config import ServiceConfig, load_policy_config, load_service_config
 from serving.decision_log import RealtimeDecisionLog
 from serving.policy import HOLDOUT, SENT, DecisionPolicy, load_policy
-from serving.realtime import Customer, FeatureListMismatch, RealtimeDecider
+from serving.realtime import Customer, FeatureListMismatch, RealtimeDecider, Recommendation
 
 if TYPE_CHECKING:
     from serving.bento import PackedBundle
 
 TOKEN_VARIABLE = "NBA_API_TOKEN"
 COMPONENTS = list(Components.model_fields)
+# decisions made again when another request changed the customer before the contact was
+# recorded; each try is a new decision on the new state
+RESERVE_ATTEMPTS = 20
 
 
 class StartupError(RuntimeError):
@@ -63,7 +74,7 @@ class ServingRuntime:
     data: DataConfig
     service: ServiceConfig
     policy: DecisionPolicy
-    store: OnlineStore
+    store: OnlineStoreBase
     decider: RealtimeDecider
     decisions: RealtimeDecisionLog
     token: str | None
@@ -83,6 +94,7 @@ class ServingRuntime:
             features = load_section(config, "features", FeatureConfig)
             policy_cfg = load_policy_config(config)
             service = load_service_config(config)
+            online = load_online_store_config(config)
         except (ValueError, FileNotFoundError) as exc:
             raise StartupError(f"configuration: {exc}".replace("\n", " ")) from exc
         token = os.environ.get(TOKEN_VARIABLE) or None
@@ -91,17 +103,26 @@ class ServingRuntime:
                 f"no bearer token: set {TOKEN_VARIABLE} (writes need it), or set "
                 "service.writes_enabled: false in the configuration"
             )
-        if not dd.online_store.is_file():
-            raise StartupError(
-                f"no online store at {dd.online_store}: run `nba features --data {data_dir} "
-                "--materialize` first"
-            )
         try:
-            store = OnlineStore(
-                dd.online_store, FeatureSet(data, features), synchronous=service.durability
+            if not online_store_exists(dd, online):
+                raise StartupError(
+                    f"no online store at {online_store_location(dd, online)}: run `nba features "
+                    f"--data {data_dir} --materialize` first"
+                )
+            store = open_online_store(
+                dd, FeatureSet(data, features), online, synchronous=service.durability
             )
         except DefinitionMismatch as exc:
             raise StartupError(str(exc).split(". ")[0]) from exc
+        except OnlineStoreUnavailable as exc:
+            raise StartupError(str(exc)) from exc
+        if store.materializing:
+            store.close()
+            raise StartupError(
+                f"the online store at {store.location} is being materialised or its last "
+                f"materialisation did not finish: wait, or run `nba features --data {data_dir} "
+                "--materialize` again"
+            )
         try:
             if packed is None:
                 policy = load_policy(data_dir, policy_cfg, data)
@@ -135,13 +156,28 @@ class ServingRuntime:
         k: int = 3,
         explain: bool = True,
         context: dict[str, object] | None = None,
+        reserve: bool | None = None,
     ) -> RecommendResponse:
+        """The decision for `customer` now. A contact is recorded as its `sent` event before the
+        answer (`service.reserve_contacts`, or `reserve`), only on the state it was decided on;
+        a held-out decision logs its `holdout` event. `reserve=False` previews (the 360 view)."""
         self.check_channel(channel)
-        rec = self.decider.recommend(customer, channel, k=k, explain=explain, context=context)
+        reserve = self.service.reserve_contacts if reserve is None else reserve
+        for _ in range(RESERVE_ATTEMPTS):
+            rec = self.decider.recommend(customer, channel, k=k, explain=explain, context=context)
+            outcome = _outcome(rec.decision)
+            if outcome == "holdout":
+                self._record(rec, HOLDOUT, conditional=False)
+            if outcome != "contact" or not reserve or self._record(rec, SENT, conditional=True):
+                break
+        else:
+            raise RequestError(
+                "customer",
+                f"the customer's state changed under {RESERVE_ATTEMPTS} decisions in a row (other "
+                "requests for the same customer): try again",
+                status=409,
+            )
         d = rec.decision
-        outcome = _outcome(d)
-        if outcome == "holdout":
-            self._log_holdout(d, rec.customer)
         chosen = d["action_id"]
         actions = [
             RankedAction(
@@ -177,24 +213,40 @@ class ServingRuntime:
             context=context,
         )
 
-    def _log_holdout(self, d: dict[str, object], customer: Customer) -> None:
-        """A held-out decision is the control group's record: the service logs its `holdout`
-        event itself (nobody will contact the customer to report it)."""
-        key = customer.key if customer.known or ":" in customer.key else None
-        ids = self.store.identifiers(customer.customer_id)
-        key = ids[0] if ids else key
+    def _event_key(self, customer: Customer) -> str | None:
+        """An identifier to record a customer's event under: the store's first, or the key
+        asked with; None for an unknown bare customer_id."""
+        ids = self.store.identifiers(customer.customer_id) if customer.known else []
+        if ids:
+            return ids[0]
+        return customer.key if ":" in customer.key else None
+
+    def _record(self, rec: Recommendation, event_type: str, conditional: bool) -> bool:
+        """Log the decision's `sent` or `holdout` event (event_id = decision id). Conditional:
+        only while the customer's state is the one decided on; False when it changed."""
+        d = rec.decision
+        key = self._event_key(rec.customer)
         if key is None:
-            return
+            return True  # nobody to record it for: a customer_id the store has never seen
         event = {
             "event_id": d["decision_id"],
             "ts": pd.Timestamp(d["as_of"]).isoformat(),
             "customer_key": key,
             "channel": d["channel"],
-            "event_type": HOLDOUT,
+            "event_type": event_type,
             "action_id": d["action_id"],
             "propensity": d["logged_propensity"],
         }
-        self.store.apply_records([event], log=True)
+        expect = {rec.customer.customer_id: rec.version} if conditional else None
+        report = self.store.apply_records([event], log=True, expect=expect)
+        if report.applied == 1:
+            return True
+        if report.by_reason == {CONFLICT: 1}:
+            return False
+        reason = ", ".join(report.by_reason)
+        raise RequestError(
+            "customer", f"the decision's {event_type} event for {key!r} was refused: {reason}"
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -272,7 +324,7 @@ def _ids(frame: pd.DataFrame | None) -> set[str]:
     return set() if frame is None else set(frame[CUSTOMER_ID])
 
 
-def _with_cold_rows(frame: pd.DataFrame | None, rows: list, store: OnlineStore) -> pd.DataFrame:
+def _with_cold_rows(frame: pd.DataFrame | None, rows: list, store: OnlineStoreBase) -> pd.DataFrame:
     """The known customers' frame plus the no-history rows of unknown ones, in its layout."""
     cold = pd.DataFrame(np.vstack([r.features for r in rows]), columns=list(store.fs.names))
     cold.insert(0, "as_of", pd.to_datetime([r.as_of_us for r in rows], unit="us", utc=True))
