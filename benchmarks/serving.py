@@ -21,6 +21,11 @@ beside a no-op BentoML service measured in the same run, and where a request's t
    every batch), closed loop; then --trials times an e-mail `consent_revoked` for a customer
    whose recommendation holds e-mail actions and, right after its answer, POST /recommend until
    one comes back without them: the delay from the acknowledgement to that answer.
+3c. The Redis online store: a redis-server started here (appendfsync always, the durability of
+   the SQLite store's FULL), a second copy of the world materialised into it with `nba features
+   --materialize`, read_row timed in-process, and `nba serve` on it driven as in 2, beside the
+   SQLite figures of the same run; then two replicas on that Redis, each driven by its own
+   closed loop at once: their total beside one replica's.
 4. Where the time goes: the in-process path with its stages timed inside real calls (key
    resolution, feature read, arrays, rules, scoring, reasons, the rest of the decision, the
    decision log, building the response, JSON), and the framework as HTTP minus in-process.
@@ -493,6 +498,54 @@ def drive_recommend(
     return HttpFigures(service.name, service.started_s, len(answer.content), fixed, closed)
 
 
+def drive_replicas(
+    services: list[Service], keys_file: Path, args: argparse.Namespace, env: dict[str, str]
+) -> list[WrkRun]:
+    """A closed loop on each replica at once (a wrk each, --connections connections)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [str(keys_file), "0", "3", "true"]
+    with ThreadPoolExecutor(len(services)) as pool:
+        runs = [
+            pool.submit(
+                run_wrk,
+                f"{s.url}/recommend",
+                "recommend.lua",
+                keys,
+                args.seconds,
+                args.connections,
+                env,
+            )
+            for s in services
+        ]
+        return [r.result() for r in runs]
+
+
+@contextmanager
+def local_redis(where: Path) -> Iterator[Any]:
+    """Debian's redis-server on a free loopback port, AOF with fsync on every write (the tests'
+    helper, tests/redis_server.py), stopped at the end."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "redis_server", ROOT / "tests" / "redis_server.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = module.RedisServer(where).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class RedisFigures:
+    reads: list[float]
+    single: HttpFigures
+    pair: list[WrkRun]
+
+
 def drive_customers(
     service: Service, keys_file: Path, args: argparse.Namespace, env: dict[str, str]
 ) -> tuple[WrkRun, WrkRun]:
@@ -554,6 +607,47 @@ def reflection_trials(url: str, token: str, keys: list[str], run: str) -> Reflec
     return out
 
 
+def redis_figures(
+    source: Path,
+    scratch: Path,
+    keys_file: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    rng: np.random.Generator,
+) -> RedisFigures:
+    """Section 3c: a copy of the world on a Redis online store, one replica, then two."""
+    from features.config import load_data_config, load_online_store_config, load_section
+    from features.definitions import FeatureConfig, FeatureSet
+    from features.redis_online_store import RedisOnlineStore
+
+    with local_redis(scratch / "redis") as server:
+        world = scratch_copy(source, scratch / "on-redis")
+        config = world / "redis.yaml"
+        config.write_text(f"online_store:\n  backend: redis\n  url: {server.url}\n")
+        print(f"redis-server on {server.url}: nba features --materialize into it")
+        subprocess.run(
+            [*nba_command(), "features", "--data", str(world), "--config", str(config)]
+            + ["--materialize"],
+            check=True,
+            capture_output=True,
+        )
+        fs = FeatureSet(load_data_config(config), load_section(config, "features", FeatureConfig))
+        with RedisOnlineStore(load_online_store_config(config), fs) as store:
+            reads = time_reads(store, args.reads, rng)
+        cmd = [*nba_command(), "serve", "--data", str(world), "--config", str(config)]
+        port = free_port()
+        print(f"nba serve on the Redis, 127.0.0.1:{port}")
+        log = scratch / "redis-1.log"
+        with Service("redis", [*cmd, "--port", str(port)], env, port, log) as one:
+            single = drive_recommend(one, keys_file, args, env)
+            port2 = free_port()
+            print(f"a second replica on 127.0.0.1:{port2}; a closed loop on each at once")
+            log2 = scratch / "redis-2.log"
+            with Service("redis-2", [*cmd, "--port", str(port2)], env, port2, log2) as two:
+                pair = drive_replicas([one, two], keys_file, args, env)
+    return RedisFigures(reads, single, pair)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -574,6 +668,7 @@ def print_report(
     events: WrkRun,
     reflection: Reflection,
     views: tuple[WrkRun, WrkRun],
+    on_redis: RedisFigures,
 ) -> None:
     goals: list[tuple[str, str, bool]] = []
     print(f"\nmachine load (1/5/15 min) at the start: {load}; {os.cpu_count()} cores")
@@ -719,6 +814,40 @@ def print_report(
             f"errors {run_.errors}"
         )
 
+    print(
+        "\n3c. the Redis online store (redis-server on loopback, appendfsync always) beside "
+        "SQLite (FULL), same run"
+    )
+    s50, s99 = quantiles(reads)
+    q50, q99 = quantiles(on_redis.reads)
+    print(
+        f"  read_row: SQLite median {s50:.4f} ms p99 {s99:.4f} ms; Redis median {q50:.4f} ms "
+        f"p99 {q99:.4f} ms ({len(on_redis.reads):,} reads)"
+    )
+    print(head)
+    for f in (real, on_redis.single):
+        a, b = f.fixed, f.closed
+        name = "sqlite" if f is real else "redis"
+        print(
+            f"  {name:8s} {f.started_s:8.1f} {f.answer_bytes:6d} | {a.rate:7.1f} {a.p50:7.2f} "
+            f"{a.p90:7.2f} {a.p99:7.2f} {a.max:7.1f} | {b.rate:9.1f} {b.p50:7.2f} {b.p99:7.2f} "
+            f"| {a.errors + b.errors:6d}"
+        )
+    r = on_redis.single
+    print(
+        f"  redis / sqlite: p50 {r.fixed.p50 / real.fixed.p50:.2f}x, p99 "
+        f"{r.fixed.p99 / real.fixed.p99:.2f}x at {args.rate:g} req/s; maximum throughput "
+        f"{r.closed.rate / real.closed.rate:.2f}"
+    )
+    total = sum(w.rate for w in on_redis.pair)
+    errors = sum(w.errors for w in on_redis.pair)
+    each = ", ".join(f"{w.rate:.1f} (p99 {w.p99:.1f} ms)" for w in on_redis.pair)
+    print(
+        f"  two replicas on the Redis, a closed loop each at once: {total:.1f} req/s in all "
+        f"({each}; errors {errors}) vs one replica {r.closed.rate:.1f} req/s: "
+        f"{total / r.closed.rate:.2f}x on {os.cpu_count()} cores shared with wrk and Redis"
+    )
+
     n = len(stages["in-process total"])
     http_mean, http_p50 = real.fixed.mean, real.fixed.p50
     inproc_mean = float(stages["in-process total"].mean())
@@ -850,6 +979,7 @@ def main() -> None:
                 env,
             )
             reflection = reflection_trials(service.url, token, trial_keys, run)
+        on_redis = redis_figures(source.root, scratch, keys_file, args, env, rng)
 
     print_report(
         load,
@@ -864,6 +994,7 @@ def main() -> None:
         events,
         reflection,
         views,
+        on_redis,
     )
 
 
