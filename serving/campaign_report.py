@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -167,9 +168,11 @@ def per_action_table(run: CampaignRun) -> pd.DataFrame:
 
 
 def _svg(fig: Figure) -> str:
+    """The figure as inline SVG, without the XML prolog and the RDF metadata block."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
     return text[text.index("<svg") :]
 
 

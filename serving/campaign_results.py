@@ -57,7 +57,7 @@ def outcomes(
             GROUP BY ALL
             """
         ).df()
-        last = con.sql("SELECT max(ts) FROM events").fetchone()[0]
+        last = con.execute("SELECT max(ts) FROM events").fetchone()[0]
     finally:
         con.unregister("_nba_campaign_ids")
     merged = record.merge(found, left_on="decision_id", right_on="event_id", how="inner")

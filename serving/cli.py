@@ -192,6 +192,197 @@ def decide(
         console.print(f"[green]logged[/green] {events} and {record} (ingest to learn from them)")
 
 
+def _campaign_inputs(data: Path, config: Path | None, alias: str, campaign_file: Path | None):
+    """The policy inputs and the campaign file, validated against the catalogue; a bad file is
+    a usage error naming the field."""
+    from serving.campaign import load_campaign
+
+    con, engine, policy = _policy_inputs(data, config, alias)
+    try:
+        campaign, text = load_campaign(campaign_file, policy.catalogue, policy.data)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--campaign") from None
+    return con, engine, policy, campaign, text
+
+
+@app.command("campaign")
+def campaign(
+    data: features_cli.DataOption,
+    campaign_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--campaign",
+            help="Campaign YAML (name, decision_date, actions, capacities, caps, budget, "
+            "holdout, objective); default: the shipped serving/campaigns/example.yaml.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder; default DATA/campaigns/<name>/."),
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias of the model bundle.")] = "champion",
+    log: Annotated[
+        bool,
+        typer.Option(
+            "--log",
+            help="Record the assignments as sent/holdout events in DATA/events (with their "
+            "propensities) and their full record in DATA/decisions/, for `nba campaign-results` "
+            "and the next uplift model.",
+        ),
+    ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Write report.html (plots inline, readable offline) and log it to MLflow.",
+        ),
+    ] = True,
+    exact_max: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also solve the exact LP with HiGHS when there are at most this many "
+            "customers, and print the gap.",
+        ),
+    ] = 5000,
+    config: features_cli.ConfigOption = None,
+) -> None:
+    """Plan a campaign: every eligible (customer, action) pair scored by the champion, then at
+    most one action per customer maximising the objective under channel capacities, action caps,
+    the budget and every hard rule; holdouts drawn; assignments.parquet and campaign.json
+    written (renamed into place when complete), with shadow prices and a report."""
+    import pandas as pd
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from features.contract import DataDir
+    from serving.campaign_job import run_campaign, summary, write_run
+    from serving.decision_log import write_decision_log
+    from training.datasets import data_end
+
+    console = features_cli.console
+    con, engine, policy, plan, text = _campaign_inputs(data, config, alias, campaign_file)
+    t = plan.decision_time() or data_end(con)
+    out = out or data / "campaigns" / plan.name
+    steps = ["features", "scoring and assignment", "writing"] + (["report"] if report else [])
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"features as of {t}", total=len(steps))
+        feats = engine.snapshot(t)
+        bar.update(task, advance=1, description=f"scoring {len(feats):,} customers, assigning")
+        run = run_campaign(policy, plan, feats, pd.Timestamp(t), text=text)
+        bar.update(task, advance=1, description="writing the assignments")
+        target, summary_path = write_run(run, out)
+        if report:
+            bar.update(task, advance=1, description="the report: alternatives, plots, MLflow")
+            from serving.campaign_report import build_report
+
+            html = build_report(run, DataDir(data), con, out, data_root=data)
+        bar.update(task, advance=1, description="done")
+    _print_campaign(run, summary(run), console)
+    if exact_max and len(feats) <= exact_max:
+        from serving.assignment import solve_lp
+
+        lp = solve_lp(run.scores.objective, run.limits)
+        gap = (lp.objective - run.solution.objective) / lp.objective if lp.objective else 0.0
+        console.print(
+            f"exact LP (HiGHS): {lp.objective:,.2f}; ours {run.solution.objective:,.2f}, "
+            f"{gap:.3%} below it; LP shadow prices "
+            + ", ".join(f"{n} {d:.4f}" for n, d in zip(run.limits.names, lp.duals, strict=True))
+        )
+    console.print(f"[green]wrote[/green] {target} and {summary_path}")
+    if report:
+        console.print(f"[green]report[/green] {html}")
+    if log:
+        events, record = write_decision_log(run.table, DataDir(data), con)
+        console.print(f"[green]logged[/green] {events} and {record} (ingest to learn from them)")
+
+
+def _print_campaign(run, info: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(
+        title=f"campaign {info['campaign']}: {info['assigned']:,} of "
+        f"{info['customers']:,} customers assigned, {info['holdouts']:,} held out"
+    )
+    for col in ("constraint", "limit", "used", "shadow price"):
+        t.add_column(col, justify="left" if col == "constraint" else "right")
+    for c in info["constraints"]:
+        t.add_row(c["name"], f"{c['limit']:,.2f}", f"{c['used']:,.2f}", f"{c['shadow_price']:.4f}")
+    console.print(t)
+    for c in info["constraints"]:
+        unit = "unit of money" if c["kind"] == "budget" else c["name"].replace(" capacity", " slot")
+        if c["kind"] == "action":
+            unit = c["name"].replace(" cap", " assignment")
+        console.print(f"  one more {unit} is worth {c['shadow_price']:.2f}")
+    console.print(
+        f"expected {info['objective']}: {info['expected_objective']:,.2f} (at most "
+        f"{info['gap_bound']:.3%} below the optimum, by the dual bound {info['dual_bound']:,.2f}"
+        f"); {info['rounds']} price rounds"
+    )
+    table = run.table
+    acted = table[table["action_id"] != "do_nothing"]
+    per = acted.groupby("action_id").agg(
+        customers=("customer_id", "size"),
+        held_out=("holdout", "sum"),
+        cost=("cost", "sum"),
+        expected_profit=("score", "sum"),
+    )
+    t = Table(title="per action")
+    for col in ("action", "customers", "held out", "cost", "expected incremental profit"):
+        t.add_column(col, justify="left" if col == "action" else "right")
+    for a, r in per.iterrows():
+        t.add_row(
+            str(a),
+            f"{r['customers']:,}",
+            f"{int(r['held_out']):,}",
+            f"{r['cost']:,.2f}",
+            f"{r['expected_profit']:,.2f}",
+        )
+    console.print(t)
+
+
+@app.command("campaign-results")
+def campaign_results(
+    data: features_cli.DataOption,
+    campaign_name: Annotated[
+        str, typer.Option("--campaign", help="The campaign's name (as in its file).")
+    ],
+    horizon_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Days after each send in which a purchase counts; default the training "
+            "configuration's purchase horizon.",
+        ),
+    ] = None,
+    level: Annotated[
+        float, typer.Option(min=0.5, max=0.999, help="Confidence level of the intervals.")
+    ] = 0.95,
+    out: Annotated[
+        Path | None, typer.Option(help="CSV of the results per action; not written if omitted.")
+    ] = None,
+    config: features_cli.ConfigOption = None,
+) -> None:
+    """After a logged campaign (`nba campaign --log`, then `nba ingest` of the events that
+    followed): the measured incremental effect per action, contacted minus held out, with a
+    confidence interval, beside what the plan expected."""
+    from features.contract import DataDir
+    from serving.campaign_results import measure, print_results
+    from training.config import load_training_config
+
+    console = features_cli.console
+    con = features_cli._open_current_store(data, config)
+    horizon = horizon_days or load_training_config(config).labels.purchase_horizon_days
+    try:
+        results = measure(DataDir(data), con, campaign_name, horizon, level)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--campaign") from None
+    print_results(results, console, level, horizon)
+    if out is not None:
+        results.to_csv(out, index=False)
+        console.print(f"[green]wrote[/green] {out}")
+
+
 class RewardKind(StrEnum):
     spend = "spend"
     purchase = "purchase"

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 PARTS = ("obj", "score", "presp", "p1", "p0", "value", "hour")
-GRID = 15  # candidate budget prices per Spark job (the answer does not depend on it)
+GRID = 63  # candidate budget prices per Spark job (the answer does not depend on it)
 
 
 def _col(part: str, j: int) -> str:
