@@ -225,7 +225,7 @@ def timed_stages(runtime: Any) -> Iterator[dict[str, float]]:
         (runtime.policy, "_add_reasons", "reasons"),
         (runtime.decider, "_add_reasons", "reasons"),
         (runtime.decider, "recommend", "decision"),
-        (runtime, "_log_holdout", "holdout event"),
+        (runtime, "_record", "sent/holdout event"),
         (runtime.decisions, "append", "decision log"),
     ]
     saved = [(obj, attr, attr in vars(obj), getattr(obj, attr)) for obj, attr, _ in targets]
@@ -263,11 +263,11 @@ def profile_stages(runtime: Any, keys: list[str]) -> dict[str, np.ndarray]:
             stage = {
                 **inner,
                 "rest of the decision": ms["decision"] - sum(inner.values()),
-                "holdout event": ms.get("holdout event", 0.0),
+                "sent/holdout event": ms.get("sent/holdout event", 0.0),
                 "decision log": ms.get("decision log", 0.0),
                 "response model": 1000 * (t1 - t0)
                 - ms["decision"]
-                - ms.get("holdout event", 0.0)
+                - ms.get("sent/holdout event", 0.0)
                 - ms.get("decision log", 0.0),
                 "JSON": 1000 * (t2 - t1),
                 "in-process total": 1000 * (t2 - t0),
@@ -861,7 +861,7 @@ def print_report(
     order = [
         *INNER_STAGES,
         "rest of the decision",
-        "holdout event",
+        "sent/holdout event",
         "decision log",
         "response model",
         "JSON",

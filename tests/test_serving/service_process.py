@@ -8,12 +8,30 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 NBA = str(Path(sys.executable).parent / "nba")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def new_id() -> str:
+    """A fresh event id, marked as a test's."""
+    return f"test-{uuid.uuid4().hex}"
+
+
+def recommend(svc: ServiceProcess, key: str, k: int = 20) -> dict:
+    """POST /recommend for `key`, asked by the web channel; asserts a 200."""
+    r = svc.post("/recommend", {"customer": key, "channel": "web", "k": k})
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
-from service_process import NBA, start_service
+from service_process import NBA, new_id, now_iso, recommend, start_service
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig, OnlineStoreConfig
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.integration
 FS = FeatureSet(DataConfig(), FeatureConfig())
 CAPS = PolicyConfig().contact_policy.caps
 WEEK_CAPS = {c.channel: c.max_contacts for c in CAPS if c.window_days == 7}
-
-
-def now_iso() -> str:
-    return pd.Timestamp.now(tz="UTC").isoformat()
-
-
-def new_id() -> str:
-    return f"test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +78,6 @@ def email_keys(online_world) -> list[str]:
         "GROUP BY customer_id ORDER BY customer_id LIMIT 400"
     ).fetchall()
     return [r[0] for r in rows]
-
-
-def recommend(svc, key: str, k: int = 20) -> dict:
-    r = svc.post("/recommend", {"customer": key, "channel": "web", "k": k})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def test_an_event_accepted_by_one_replica_is_in_the_next_decision_of_the_other(

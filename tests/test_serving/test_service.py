@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from service_process import start_service
+from service_process import new_id, now_iso, recommend, start_service
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
@@ -25,14 +25,6 @@ pytestmark = pytest.mark.integration
 FS = FeatureSet(DataConfig(), FeatureConfig())
 
 
-def now_iso() -> str:
-    return pd.Timestamp.now(tz="UTC").isoformat()
-
-
-def new_id() -> str:
-    return f"test-{uuid.uuid4().hex}"
-
-
 @pytest.fixture(scope="module")
 def keys(online_world) -> list[str]:
     """One e-mail identifier per customer, customers from the end of the sorted ids."""
@@ -41,12 +33,6 @@ def keys(online_world) -> list[str]:
         "GROUP BY customer_id ORDER BY customer_id DESC LIMIT 600"
     ).fetchall()
     return [r[1] for r in rows]
-
-
-def recommend(svc, key: str, k: int = 20) -> dict:
-    r = svc.post("/recommend", {"customer": key, "channel": "web", "k": k})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def first_with(svc, keys: list[str], channel: str, used: set[str]) -> tuple[str, dict]:
