@@ -57,12 +57,11 @@ def outcomes(
             GROUP BY ALL
             """
         ).df()
-        last = con.execute("SELECT max(ts) FROM events").fetchone()[0]
+        last_us = con.execute("SELECT epoch_us(max(ts)) FROM events").fetchall()[0][0]
     finally:
         con.unregister("_nba_campaign_ids")
     merged = record.merge(found, left_on="decision_id", right_on="event_id", how="inner")
-    last = pd.Timestamp(last)
-    last = last.tz_localize("UTC") if last.tzinfo is None else last.tz_convert("UTC")
+    last = pd.Timestamp(last_us, unit="us", tz="UTC")
     end = pd.to_datetime(merged["window_end"], utc=True)
     merged["window_complete"] = (end <= last).to_numpy()
     return merged

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from features import cli as features_cli
+from serving.cli_errors import NbaGroup
 from training import cli as training_cli
 
 app = typer.Typer(
@@ -21,7 +22,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=NbaGroup,  # a user's error is one line and exit code 2 (serving/cli_errors.py)
 )
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="NBA_DEBUG",
+            help="Show tracebacks of user errors (bad data or configuration) and MLflow's own "
+            "logging; accepted anywhere on the line.",
+        ),
+    ] = False,
+) -> None:
+    """Omnichannel next-best-action: synthetic data, validation, features, training, decisions."""
+
 
 app.command("synth")(features_cli.synth)
 app.command("validate")(features_cli.validate)
@@ -32,8 +50,10 @@ app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
 
 
-def _policy_inputs(data: Path, config: Path | None, alias: str):
-    """Configuration, the event store, the feature engine and the policy over bundle `alias`."""
+def _policy_inputs(data: Path, config: Path | None, alias: str, strict: bool = False):
+    """Configuration, the event store, the feature engine and the policy over bundle `alias`;
+    catalogue actions the data cannot support are left out and reported once (`strict`: an
+    error)."""
     from features.batch import BatchEngine
     from features.config import load_data_config, load_section
     from features.definitions import FeatureConfig, FeatureSet
@@ -44,7 +64,14 @@ def _policy_inputs(data: Path, config: Path | None, alias: str):
     fs = FeatureSet(data_cfg, load_section(config, "features", FeatureConfig))
     con = features_cli._open_current_store(data, config)
     engine = BatchEngine(fs, con, customers="customers")
-    policy = load_policy(data, load_policy_config(config), data_cfg, alias=alias)
+    policy = load_policy(
+        data,
+        load_policy_config(config),
+        data_cfg,
+        alias=alias,
+        strict=strict,
+        warn=lambda m: features_cli.console.print(f"[yellow]{m}[/yellow]", highlight=False),
+    )
     return con, engine, policy
 
 
@@ -159,6 +186,15 @@ def decide(
     ] = False,
     show: Annotated[int, typer.Option(min=0, help="Decisions to print with reasons.")] = 5,
     config: features_cli.ConfigOption = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="An action of the catalogue the data cannot support (a rule naming a missing "
+            "column, a channel that is not outbound) is an error; by default it is left out "
+            "of the run and reported once.",
+        ),
+    ] = False,
 ) -> None:
     """Next best action for one customer (printed) or for every customer (a parquet file)."""
     import pandas as pd
@@ -169,7 +205,7 @@ def decide(
     from training.datasets import data_end
 
     console = features_cli.console
-    con, engine, policy = _policy_inputs(data, config, alias)
+    con, engine, policy = _policy_inputs(data, config, alias, strict=strict)
     t = data_end(con) if as_of is None else pd.Timestamp(as_of)
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     if customer is not None:
@@ -333,7 +369,7 @@ def _print_campaign(run, info: dict, console) -> None:
     for a, r in per.iterrows():
         t.add_row(
             str(a),
-            f"{r['customers']:,}",
+            f"{int(r['customers']):,}",
             f"{int(r['held_out']):,}",
             f"{r['cost']:,.2f}",
             f"{r['expected_profit']:,.2f}",
