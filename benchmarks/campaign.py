@@ -5,7 +5,7 @@
 
 End to end from the feature table to the written assignments: the stage-4 scoring of every
 eligible pair, the Lagrangian assignment under channel capacities, an action cap and a budget
-(sized as shares of the base so that they bind), the holdouts, and assignments.parquet and
+(at half of what the unconstrained plan would use, so that they bind), the holdouts, and assignments.parquet and
 campaign.json written and renamed. Reports time and peak memory (process RSS, sampled), and,
 timed in the same run on the same eligible pairs, LightGBM's own prediction with every model the
 scoring calls (booster.predict on matrices built beforehand, chunk by chunk): the floor for
@@ -33,6 +33,7 @@ from features.event_store import open_store
 from serving.arbitration import CUSTOMERS_PER_CHUNK, customer_arrays
 from serving.campaign import parse_campaign
 from serving.campaign_job import run_campaign, write_run
+from serving.catalogue import NOTHING
 from serving.config import PolicyConfig
 from serving.policy import DecisionPolicy, load_policy
 from training import registry
@@ -41,18 +42,24 @@ from training.datasets import data_end
 from training.train import train
 
 
-def campaign_for(policy: DecisionPolicy, n: int):
-    """Every catalogue action on offer; limits as shares of the base, so that they bind."""
+def campaign_for(policy: DecisionPolicy, n: int, base: pd.DataFrame, at: pd.Timestamp):
+    """Every catalogue action on offer, under limits that bind: each channel's capacity and the
+    budget at half of what the unconstrained plan of the base would use (scaled to n), and the
+    most used action capped at a third of its use."""
+    free = parse_campaign(
+        {"name": "unconstrained", "actions": policy.catalogue.ids}, policy.catalogue, policy.data
+    )
+    plan = run_campaign(policy, free, base, at).table
+    acted = plan[plan["action_id"] != NOTHING]
+    scale = n / len(base)
+    per_channel = acted["channel"].value_counts()
+    top = acted["action_id"].value_counts()
     raw = {
         "name": "benchmark",
         "actions": policy.catalogue.ids,
-        "capacities": {
-            "call_centre": int(0.005 * n),
-            "direct_mail": int(0.06 * n),
-            "sms": int(0.03 * n),
-        },
-        "caps": {"dm_winback": int(0.015 * n)},
-        "budget": 0.045 * n,
+        "capacities": {c: int(0.5 * k * scale) for c, k in per_channel.items()},
+        "caps": {top.index[0]: int(top.iloc[0] * scale / 3)} if len(top) else {},
+        "budget": round(0.5 * float(acted["cost"].sum()) * scale, 2),
         "holdout": {"fraction": 0.1, "seed": 1},
     }
     return parse_campaign(raw, policy.catalogue, policy.data, source="benchmark")
@@ -107,7 +114,7 @@ def main() -> None:
     big = base.sample(args.customers, replace=True, random_state=args.seed).reset_index(drop=True)
     big[CUSTOMER_ID] = big[CUSTOMER_ID].astype(str) + "_r" + pd.RangeIndex(len(big)).astype(str)
     policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
-    campaign = campaign_for(policy, len(big))
+    campaign = campaign_for(policy, len(big), base, end)
     out = args.out or Path(tempfile.mkdtemp(prefix="nba-campaign-bench-"))
     print(
         f"{len(big):,} customers (drawn from {len(base):,}) x {len(policy.catalogue.ids)} "
