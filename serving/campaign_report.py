@@ -196,7 +196,7 @@ def figures(run: CampaignRun, comparison: pd.DataFrame) -> dict[str, Figure]:
     ax = fig.subplots()
     if len(lim):
         share = run.solution.usage / np.maximum(lim.limit, 1e-12)
-        ax.barh(lim.names, share, color=np.where(share > 0.999, "#cc6677", "#4477aa"))
+        ax.barh(lim.names, share, color=np.where(share >= 0.99, "#cc6677", "#4477aa"))
         for y, (s, p) in enumerate(zip(share, run.solution.prices, strict=True)):
             ax.text(min(s, 1.0) + 0.01, y, f"shadow price {p:.3f}", va="center", fontsize=8)
         ax.set_xlim(0, 1.35)
@@ -252,7 +252,6 @@ def render(run: CampaignRun, comparison: pd.DataFrame, figs: dict[str, Figure]) 
         f"<b>{c['shadow_price']:.2f}</b> ({c['used']:,.0f} of {c['limit']:,.0f} used)</li>"
         for c in info["constraints"]
     )
-    best = comparison.iloc[0]
     has_truth = comparison["true profit"].notna().any()
     truth_note = (
         "True profit: the synthetic world's truth table (margin x true uplift x true order "
@@ -261,6 +260,18 @@ def render(run: CampaignRun, comparison: pd.DataFrame, figs: dict[str, Figure]) 
         else "No truth table in this data directory: only expected profit is shown."
     )
     svgs = "".join(f"<figure>{_svg(f)}</figure>" for f in figs.values())
+    verdict = ""
+    if has_truth:
+        true = comparison.set_index("plan")["true profit"]
+        ours = true.iloc[0]
+        better = [p for p, v in true.items() if v > ours + 1e-6]
+        tied = [p for p, v in true.items() if abs(v - ours) <= 1e-6 and p != true.index[0]]
+        verdict = (
+            "On true profit ours is "
+            + ("below " + ", ".join(better) if better else "the best")
+            + (" (tied with " + ", ".join(tied) + ")" if tied else "")
+            + "."
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Campaign {html.escape(run.campaign.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
@@ -276,9 +287,7 @@ possible under these limits (dual bound {info["dual_bound"]:,.2f}).
 Versions: {html.escape(run.campaign_version)}, models v{html.escape(str(run.table["model_version"].iloc[0]) if len(run.table) else "")}.</p>
 <h2>The plan beside simple alternatives</h2>
 {_table_html(comparison)}
-<p class="note">Same customers, same hard rules, same limits. {truth_note}
-Ours {"beats" if has_truth and best["true profit"] >= comparison["true profit"].max() - 1e-9 else "is compared with"}
-the alternatives on true profit.</p>
+<p class="note">Same customers, same hard rules, same limits. {truth_note} {html.escape(verdict)}</p>
 <h2>What the limits cost</h2><ul>{sentences}</ul>
 {_table_html(lim)}
 <h2>Per channel and action</h2>
