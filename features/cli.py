@@ -82,11 +82,22 @@ def _print_validation(title: str, report) -> None:
     console.print(table)
 
 
+def _print_hints(hints: list[str]) -> None:
+    """The configuration changes that would accept rejected rows, one a line."""
+    for hint in hints:
+        console.print(f"[yellow]fix[/yellow]: {hint}", highlight=False)
+
+
 def validate(data: DataOption, config: ConfigOption = None, now: NowOption = None) -> None:
     """Validate the events (and customers) of a data directory; quarantine rejected rows."""
     import duckdb
 
-    from features.validation import validate_customers, validate_events, write_quarantine
+    from features.validation import (
+        rejection_hints,
+        validate_customers,
+        validate_events,
+        write_quarantine,
+    )
 
     cfg = load_data_config(config)
     data_dir = DataDir(data)
@@ -97,18 +108,32 @@ def validate(data: DataOption, config: ConfigOption = None, now: NowOption = Non
     _print_validation("events", events.report)
     if customers is not None:
         _print_validation("customers", customers.report)
+    hints = rejection_hints(con, events, cfg)
+    _print_hints(hints + (rejection_hints(con, customers, cfg) if customers else []))
     console.print(f"rejected rows with their reasons: {', '.join(str(p) for p in paths)}")
 
 
 def ingest(data: DataOption, config: ConfigOption = None, now: NowOption = None) -> None:
-    """Validate, resolve identities and write the event store (DATA/store)."""
+    """Validate, resolve identities and write the event store (DATA/store).
+
+    Stops with exit code 2, writing no store, when no event (or less than
+    data.validation.min_accepted_share of them) is accepted."""
+    from features.event_store import IngestRefused
     from features.event_store import ingest as run_ingest
 
     cfg = load_data_config(config)
-    report = run_ingest(DataDir(data), cfg, now=now, online=load_online_store_config(config))
+    try:
+        report = run_ingest(DataDir(data), cfg, now=now, online=load_online_store_config(config))
+    except IngestRefused as refused:
+        _print_validation("events", refused.events)
+        if refused.customers is not None:
+            _print_validation("customers", refused.customers)
+        _print_hints(refused.hints)
+        raise
     _print_validation("events", report.events)
     if report.customers is not None:
         _print_validation("customers", report.customers)
+    _print_hints(report.hints)
     console.print(report.identity_summary_text())
 
 

@@ -6,11 +6,14 @@ section per package (`data`, `features`, `training`, `policy`); this module owns
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.errors import UserError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -125,15 +128,57 @@ class ValidationConfig(Strict):
         ge=0,
         description="Events stamped later than now + this are rejected as `future_timestamp`.",
     )
+    min_accepted_share: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="`nba ingest` stops with exit code 2, leaving no current event store, when "
+        "fewer than this share of the received events is accepted: most rows rejected "
+        "usually means the configuration does not describe the data (an identifier type, a "
+        "channel, an event type), not that the rows are bad. Nothing accepted always stops it; "
+        "0 stops only then.",
+    )
+
+
+def merge_channels(given: Any) -> Any:
+    """`data.channels` as a mapping (name -> settings) is merged over the default channels: a
+    known name changes only the settings given (`call_centre: {response: purchase}`), a new
+    name adds a channel (its `identifier` is then required), `null` removes one. A list is the
+    whole set, as before."""
+    if not isinstance(given, dict):
+        return given
+    merged = {c.name: c.model_dump() for c in _default_channels()}
+    for name, settings in given.items():
+        if settings is None:
+            merged.pop(str(name), None)
+            continue
+        if not isinstance(settings, dict):
+            raise ValueError(
+                f"data.channels.{name}: expected the channel's settings as a mapping "
+                f"(outbound, response, realtime, identifier) or null to remove it, got {settings!r}"
+            )
+        merged[str(name)] = {**merged.get(str(name), {}), **settings, "name": str(name)}
+    return list(merged.values())
 
 
 class DataConfig(Strict):
     """The `data` section: what a contract-conforming data directory may contain."""
 
-    channels: list[ChannelConfig] = Field(default_factory=_default_channels)
+    channels: list[ChannelConfig] = Field(
+        default_factory=_default_channels,
+        description="The channels: a list is the whole set; a mapping of name -> settings "
+        "changes only what it names and keeps the other default channels (`merge_channels`).",
+    )
     event_types: EventTypesConfig = Field(default_factory=EventTypesConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_channels(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("channels"), dict):
+            return {**raw, "channels": merge_channels(raw["channels"])}
+        return raw
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -144,13 +189,15 @@ class DataConfig(Strict):
         for c in self.channels:
             if c.response is not None and c.response not in known:
                 raise ValueError(
-                    f"data.channels[{c.name}].response: '{c.response}' is not a configured event "
-                    f"type (known: {sorted(known)})"
+                    f"data.channels.{c.name}.response: '{c.response}' is not a configured event "
+                    f"type (known: {', '.join(sorted(known))}; a new one goes in "
+                    "data.event_types)"
                 )
             if c.identifier not in self.identity.identifier_types:
                 raise ValueError(
-                    f"data.channels[{c.name}].identifier: '{c.identifier}' is not in "
-                    f"data.identity.identifier_types {self.identity.identifier_types}"
+                    f"data.channels.{c.name}.identifier: unknown identifier type "
+                    f"'{c.identifier}': add it to data.identity.identifier_types (now "
+                    f"{', '.join(self.identity.identifier_types)})"
                 )
         return self
 
@@ -169,26 +216,101 @@ class DataConfig(Strict):
         raise KeyError(f"unknown channel '{name}' (configured: {self.channel_names})")
 
 
+class ConfigError(UserError):
+    """The configuration file is missing, unreadable or names settings wrongly."""
+
+
 def read_yaml(path: Path | None) -> dict[str, Any]:
     """The raw configuration mapping of a YAML file; empty when no file is given."""
     if path is None:
         return {}
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"configuration file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"configuration file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return loaded
 
 
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The configuration model that the path `loc` (field names and list indexes) ends in."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        candidates = [annotation, *get_args(annotation)]
+        for a in list(candidates):
+            candidates += list(get_args(a))
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return None
+    return current
+
+
+def _where(section: str, loc: tuple, raw: Any) -> str:
+    """A setting's path as the file spells it: list items of channels by their name."""
+    out, node = [section], raw
+    for part in loc:
+        label = str(part)
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+            name = node.get("name") if isinstance(node, dict) else None
+            out.append(str(name) if name else str(part))
+            continue
+        out.append(label)
+        node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(out)
+
+
+def config_problems(exc: ValidationError, section: str, model: type[BaseModel], raw: Any) -> str:
+    """pydantic's errors in the project's words: which setting, what is wrong, what is known."""
+    problems = []
+    if isinstance(raw, dict) and isinstance(raw.get("channels"), dict):
+        # channels named as the merged list, which the errors' positions index (a failed
+        # merge is itself the error reported)
+        with contextlib.suppress(ValueError):
+            raw = {**raw, "channels": merge_channels(raw["channels"])}
+    for err in exc.errors(include_url=False):
+        loc, kind = tuple(err["loc"]), err["type"]
+        where = _where(section, loc, raw)
+        if kind == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            known = f" (known: {', '.join(parent.model_fields)})" if parent else ""
+            problems.append(f"{where}: unknown setting{known}")
+        elif kind == "missing":
+            parent = _model_at(model, loc[:-1])
+            info = parent.model_fields.get(str(loc[-1])) if parent else None
+            what = f" ({info.description.rstrip('.')})" if info and info.description else ""
+            problems.append(f"{where}: required{what}")
+        elif kind == "value_error":
+            message = str(err.get("ctx", {}).get("error", err["msg"]))
+            problems.append(message if message.startswith(f"{section}.") else f"{where}: {message}")
+        else:
+            message = err["msg"][:1].lower() + err["msg"][1:]
+            problems.append(f"{where}: {message}, got {err.get('input')!r}")
+    return "; ".join(problems)
+
+
 def load_section(path: Path | None, section: str, model: type[T]) -> T:
-    """One section of the configuration file, validated; the documented defaults if absent."""
+    """One section of the configuration file, validated; the documented defaults if absent.
+    A bad setting is a ConfigError naming the file and the setting, in one line."""
     raw = read_yaml(path).get(section) or {}
     try:
         return model.model_validate(raw)
-    except Exception as exc:  # pydantic's message names the field; add the file and section
-        raise ValueError(f"{path}: invalid `{section}` section:\n{exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {config_problems(exc, section, model, raw)}") from None
+    except ValueError as exc:  # merge_channels' own message
+        raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from None
 
 
 def load_data_config(path: Path | None = None) -> DataConfig:

@@ -25,6 +25,7 @@ import pandas as pd
 from pydantic import Field
 
 from features.config import DataConfig, Strict
+from features.errors import UserError
 
 US_PER_DAY = 86_400_000_000
 Op = Literal["decayed_count", "decayed_amount", "count", "amount", "last", "first", "window_count"]
@@ -166,7 +167,7 @@ def profile_columns(customers: pd.DataFrame, wanted: list[str] | None) -> pd.Dat
     columns = wanted if wanted is not None else [c for c in customers.columns if c not in keys]
     missing = [c for c in columns if c not in customers.columns]
     if missing:
-        raise ValueError(f"features.profile_columns: {missing} not in the customers table")
+        raise UserError(f"features.profile_columns: {missing} not in the customers table")
     table = customers.drop_duplicates(CUSTOMER_ID).set_index(CUSTOMER_ID)[columns]
     # integers as float64: whether a customer lacks a value must not change the column's type
     # (a served row without an age would not match a model logged with an integer age)

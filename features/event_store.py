@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,6 +56,7 @@ from features.contract import (
     TS,
     DataDir,
 )
+from features.errors import UserError
 from features.identity import (
     IDENTIFIER,
     IDENTIFIER_TYPE,
@@ -71,6 +72,7 @@ from features.validation import (
     ROW,
     ValidationReport,
     copy_to_parquet,
+    rejection_hints,
     validate_customers,
     validate_events,
     write_quarantine,
@@ -107,6 +109,8 @@ class IngestReport:
     store_events: int
     store: Path
     seconds: float
+    # what to change in the configuration for the rejections that are configuration's to fix
+    hints: list[str] = field(default_factory=list)
 
     def identity_summary_text(self) -> str:
         s = self.identity
@@ -131,7 +135,50 @@ class IngestReport:
             "customers_without_events": self.customers_without_events,
             "store_events": self.store_events,
             "seconds": round(self.seconds, 3),
+            "hints": self.hints,
         }
+
+
+class IngestRefused(UserError):
+    """Too few events passed validation: no store is written (the previous one, if any, is no
+    longer current). Carries the reports and the hints, for the command line's table."""
+
+    def __init__(
+        self,
+        message: str,
+        events: ValidationReport,
+        customers: ValidationReport | None,
+        hints: list[str],
+    ) -> None:
+        super().__init__(message)
+        self.events = events
+        self.customers = customers
+        self.hints = hints
+
+
+def check_accepted_share(
+    events: ValidationReport,
+    customers: ValidationReport | None,
+    hints: list[str],
+    min_share: float,
+) -> None:
+    """Refuse (IngestRefused) when no event, or less than `min_share` of them, is accepted;
+    the message names the first configuration hint, or the commonest rejection reason."""
+    share = events.accepted / events.received if events.received else 0.0
+    if events.accepted and share >= min_share:
+        return
+    if not events.received:
+        why = "the events files hold no rows"
+    elif hints:
+        why = hints[0]
+    else:
+        reason, n = max(events.by_reason.items(), key=lambda kv: kv[1])
+        why = f"most rejected as {reason} ({n:,} rows; see quarantine/events.parquet)"
+    message = (
+        f"{events.accepted:,} of {events.received:,} events accepted ({share:.1%}; "
+        f"data.validation.min_accepted_share is {min_share:g}): {why}"
+    )
+    raise IngestRefused(message, events, customers, hints)
 
 
 def _data_dir(data_dir: DataDir | Path | str) -> DataDir:
@@ -234,6 +281,15 @@ def ingest(
             f"validated {events.report.received:,} events: {events.report.accepted:,} "
             f"accepted, {events.report.rejected:,} rejected"
         )
+        hints = rejection_hints(con, events, config)
+        if customers is not None:
+            hints += rejection_hints(con, customers, config)
+        check_accepted_share(
+            events.report,
+            None if customers is None else customers.report,
+            hints,
+            config.validation.min_accepted_share,
+        )
 
         pairs = con.sql(
             f"SELECT DISTINCT {CUSTOMER_KEY}, {LINK_KEY} FROM {events.accepted}"
@@ -312,6 +368,7 @@ def ingest(
         store_events=int(written),
         store=store,
         seconds=seconds,
+        hints=hints,
     )
     for name in STORE_FILES:
         os.replace(staging / name, store / name)

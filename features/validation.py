@@ -43,6 +43,7 @@ from features.contract import (
     TS,
     DataDir,
 )
+from features.errors import UserError
 
 # rejection reasons, in priority order: a row's `reason` is the first that applies
 MISSING_EVENT_ID = "missing_event_id"
@@ -149,7 +150,7 @@ def _kind(path: Path) -> str:
         return "parquet"
     if suffix == ".csv":
         return "csv"
-    raise ValueError(f"{path}: unsupported file type (expected .parquet or .csv)")
+    raise UserError(f"{path}: unsupported file type (expected .parquet or .csv)")
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -158,12 +159,12 @@ def _csv_header(path: Path) -> list[str]:
         with path.open(newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read the CSV header: {exc}") from exc
+        raise UserError(f"{path}: cannot read the CSV header: {exc}") from exc
     if not header:
-        raise ValueError(f"{path}: empty CSV file; expected a header row naming the columns")
+        raise UserError(f"{path}: empty CSV file; expected a header row naming the columns")
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
-        raise ValueError(f"{path}: CSV header repeats column(s) {repeated}")
+        raise UserError(f"{path}: CSV header repeats column(s) {repeated}")
     return header
 
 
@@ -182,7 +183,7 @@ def _columns(con: duckdb.DuckDBPyConnection, relation: str, path: Path | str) ->
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     except duckdb.Error as exc:
-        raise ValueError(f"{path}: cannot read the file: {exc}") from exc
+        raise UserError(f"{path}: cannot read the file: {exc}") from exc
     return {r[0]: r[1] for r in rows}
 
 
@@ -203,7 +204,7 @@ def _prepare(
     """Check every file's columns, register the file list and describe the scans: all
     parquet files in one union-by-name scan, each CSV in its own (for its row numbers)."""
     if not files:
-        raise ValueError(f"no {table} files to validate")
+        raise UserError(f"no {table} files to validate")
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: no such {table} file")
@@ -231,7 +232,7 @@ def _prepare(
             types = dict.fromkeys(header, "VARCHAR")
         missing = [c for c in required if c not in types]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{f}: {table} file is missing required column(s) {missing}; expected "
                 f"{required} (found {list(types)})"
             )
@@ -423,7 +424,7 @@ def _create(con: duckdb.DuckDBPyConnection, sql: str, table: str) -> None:
     try:
         con.execute(sql)
     except duckdb.InvalidInputException as exc:
-        raise ValueError(f"cannot read the {table} files: {exc}") from exc
+        raise UserError(f"cannot read the {table} files: {exc}") from exc
 
 
 def _now(now: datetime | None) -> datetime:
@@ -527,7 +528,7 @@ def _profile_columns(con: duckdb.DuckDBPyConnection, src: _Source) -> list[str]:
     try:
         got = con.execute(f"SELECT {', '.join(tests)} FROM {src.relation}").fetchall()[0]
     except duckdb.InvalidInputException as exc:
-        raise ValueError(f"cannot read the customers files: {exc}") from exc
+        raise UserError(f"cannot read the customers files: {exc}") from exc
     width = len(_PROFILE_TYPES) + 1
     out = []
     for c in src.types:
@@ -598,6 +599,57 @@ def validate_customers(
     return ValidationResult(
         "customers", files, report, ACCEPTED_CUSTOMERS, REJECTED_CUSTOMERS, CHECKED_CUSTOMERS
     )
+
+
+def rejection_hints(
+    con: duckdb.DuckDBPyConnection, result: ValidationResult, config: DataConfig, limit: int = 3
+) -> list[str]:
+    """What to change in the configuration for the rejections that are configuration's to fix,
+    most rows first: an identifier type, a channel or an event type the data uses and the
+    configuration lacks, or timestamps beyond the future tolerance. Each names the setting."""
+    checked = result.checked
+    head = KEY_PATTERN.partition(KEY_SEPARATOR)[0].lstrip("^")
+    known = ", ".join(_lit(t) for t in config.identity.identifier_types) or "NULL"
+    sep = _lit(KEY_SEPARATOR)
+    found: list[tuple[int, str]] = []
+
+    def add(sql: str, text: str) -> None:
+        for value, n in con.execute(sql + f" ORDER BY 2 DESC, 1 LIMIT {limit}").fetchall():
+            found.append((int(n), text.format(value=value, n=int(n))))
+
+    key_columns = (
+        [CUSTOMER_KEY_CHECKED] if result.table == "customers" else [CUSTOMER_KEY, LINK_KEY]
+    )
+    malformed = ", ".join(_lit(r) for r in (MALFORMED_CUSTOMER_KEY, MALFORMED_LINK_KEY))
+    for col in key_columns:
+        kind = f"split_part({col}, {sep}, 1)"
+        add(
+            f"SELECT {kind}, count(*) FROM {checked} WHERE {REASON} IN ({malformed}) "
+            f"AND contains({col}, {sep}) AND regexp_full_match({kind}, {_lit(head)}) "
+            f"AND {kind} NOT IN ({known}) GROUP BY 1",
+            "unknown identifier type '{value}' ({n:,} rows): add it to "
+            "data.identity.identifier_types",
+        )
+    if result.table == "events":
+        add(
+            f"SELECT {CHANNEL}, count(*) FROM {checked} WHERE {REASON} = {_lit(UNKNOWN_CHANNEL)} "
+            f"AND {CHANNEL} IS NOT NULL GROUP BY 1",
+            "unknown channel '{value}' ({n:,} rows): add it to data.channels "
+            "(data.channels.{value}: {{identifier: <type>}})",
+        )
+        add(
+            f"SELECT {EVENT_TYPE}, count(*) FROM {checked} "
+            f"WHERE {REASON} = {_lit(UNKNOWN_EVENT_TYPE)} AND {EVENT_TYPE} IS NOT NULL GROUP BY 1",
+            "unknown event type '{value}' ({n:,} rows): add it to data.event_types (engagement, "
+            "purchase, negative, outbound or feedback)",
+        )
+        add(
+            f"SELECT max({TS}), count(*) FROM {checked} "
+            f"WHERE {REASON} = {_lit(FUTURE_TIMESTAMP)} HAVING count(*) > 0",
+            "{n:,} events stamped after now (the latest {value}): raise "
+            "data.validation.future_tolerance_seconds, or pass --now",
+        )
+    return [text for _, text in sorted(found, key=lambda x: -x[0])]
 
 
 def copy_to_parquet(

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import ACTION_ID, CHANNEL
+from features.errors import UserError
 from serving.catalogue import Catalogue
 from training.bundle import ModelBundle
 from training.models import FrameArrays
@@ -85,18 +86,19 @@ def score_actions(
     """Predict and score only the eligible (customer, action) pairs."""
     n, k = allowed.shape
     if scoring == "uplift" and bundle.uplift is None:
-        raise ValueError(
-            f"scoring `uplift` needs an uplift model; the bundle skipped it: "
-            f"{bundle.skipped.get('uplift', 'unknown reason')}"
+        hint = "; set policy.scoring: response" if bundle.response is not None else ""
+        raise UserError(
+            f"policy.scoring `uplift` needs an uplift model; the bundle skipped it: "
+            f"{bundle.skipped.get('uplift', 'unknown reason')}{hint}"
         )
     if scoring == "response" and bundle.response is None:
-        raise ValueError(
-            f"scoring `response` needs a response model; the bundle skipped it: "
+        raise UserError(
+            f"policy.scoring `response` needs a response model; the bundle skipped it: "
             f"{bundle.skipped.get('response', 'unknown reason')}"
         )
     needs_model_value = any(a.value is None for a in catalogue.actions)
     if needs_model_value and bundle.value is None:
-        raise ValueError(
+        raise UserError(
             "the catalogue has actions without a fixed `value` and the bundle has no value model "
             f"({bundle.skipped.get('value', 'unknown reason')})"
         )

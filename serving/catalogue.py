@@ -24,6 +24,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from features.config import DataConfig, Strict
+from features.errors import UserError
 from training.models import FrameArrays, column_values
 
 DEFAULT_CATALOGUE = "catalogue.yaml"
@@ -168,22 +169,40 @@ class Catalogue(Strict):
     def ids(self) -> list[str]:
         return [a.id for a in self.actions]
 
-    def check_against(self, data: DataConfig, feature_columns: list[str]) -> None:
-        """Every action on a configured outbound channel, every rule on an existing column."""
+    def unusable(self, data: DataConfig, feature_columns: list[str]) -> dict[str, str]:
+        """Action id -> why it cannot run on this data: its channel is not an outbound channel
+        of the configuration, or an eligibility rule names a column the features lack (a
+        profile column of another company's customers table). Empty when all can run."""
         outbound = set(data.outbound_channels)
         known = set(feature_columns)
+        found: dict[str, str] = {}
         for a in self.actions:
             if a.channel not in outbound:
-                raise ValueError(
-                    f"action {a.id!r}: channel {a.channel!r} is not an outbound channel of the "
-                    f"configuration (expected one of {sorted(outbound)})"
+                found[a.id] = (
+                    f"channel {a.channel!r} is not an outbound channel of the configuration "
+                    f"(outbound: {', '.join(sorted(outbound)) or 'none'})"
                 )
+                continue
             for rule in a.rules:
                 if rule.feature not in known:
-                    raise ValueError(
-                        f"action {a.id!r}: eligibility rule {rule.text!r} names "
-                        f"{rule.feature!r}, which is not a feature column"
+                    found[a.id] = (
+                        f"eligibility rule {rule.text!r} names {rule.feature!r}, which is not "
+                        "a feature column of this data"
                     )
+                    break
+        return found
+
+    def check_against(self, data: DataConfig, feature_columns: list[str]) -> None:
+        """Every action on a configured outbound channel, every rule on an existing column;
+        a UserError naming the first action that is not."""
+        problems = self.unusable(data, feature_columns)
+        if problems:
+            action_id, why = next(iter(problems.items()))
+            raise UserError(f"action {action_id!r}: {why}")
+
+    def without(self, ids: set[str] | list[str]) -> Catalogue:
+        """The same catalogue without the actions `ids` (at least one must remain)."""
+        return self.model_copy(update={"actions": [a for a in self.actions if a.id not in ids]})
 
 
 def load_catalogue(path: Path | None = None) -> tuple[Catalogue, str]:
@@ -193,17 +212,17 @@ def load_catalogue(path: Path | None = None) -> tuple[Catalogue, str]:
         source = f"serving/{DEFAULT_CATALOGUE}"
     else:
         if not Path(path).exists():
-            raise FileNotFoundError(f"action catalogue {path} does not exist")
+            raise UserError(f"action catalogue {path} does not exist (policy.catalogue)")
         text = Path(path).read_text()
         source = str(path)
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML: {exc}") from exc
+        raise UserError(f"{source}: not valid YAML: {exc}") from exc
     try:
         return Catalogue.model_validate(raw), text
     except ValidationError as exc:
-        raise ValueError(f"{source}: invalid action catalogue:\n{_name_actions(exc, raw)}") from exc
+        raise UserError(f"{source}: invalid action catalogue:\n{_name_actions(exc, raw)}") from exc
 
 
 def _name_actions(exc: ValidationError, raw: dict) -> str:

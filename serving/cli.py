@@ -228,6 +228,74 @@ def decide(
         console.print(f"[green]logged[/green] {events} and {record} (ingest to learn from them)")
 
 
+@app.command("predict")
+def predict(
+    data: features_cli.DataOption,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", help="Score time (UTC); default: just after the last event."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file of the scores; default DATA/predictions.parquet."),
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias of the model bundle.")] = "champion",
+    config: features_cli.ConfigOption = None,
+) -> None:
+    """Every customer's scores as of a time, without deciding: P(purchase) within the bundle's
+    purchase horizon, spend if they buy and expected value, P(response) per outbound channel
+    and uplift per catalogue action where the bundle has those models. Written to a temporary
+    name, then renamed."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from features.batch import BatchEngine
+    from features.config import load_data_config, load_section
+    from features.definitions import FeatureConfig, FeatureSet
+    from serving.catalogue import load_catalogue
+    from serving.config import load_policy_config
+    from serving.policy import NoBundle
+    from serving.predict import predict_customers, write_parquet_atomic
+    from training import registry
+    from training.config import load_training_config
+    from training.datasets import data_end
+
+    console = features_cli.console
+    data_cfg = load_data_config(config)
+    fs = FeatureSet(data_cfg, load_section(config, "features", FeatureConfig))
+    horizon = load_training_config(config).labels.purchase_horizon_days
+    policy_cfg = load_policy_config(config)
+    con = features_cli._open_current_store(data, config)
+    registry.configure_tracking(data)
+    if registry.alias_version(alias) is None:
+        raise NoBundle(f"no model bundle has the alias `{alias}`: run `nba train` first")
+    loaded = mlflow.pyfunc.load_model(registry.model_uri(alias))
+    bundle = loaded.unwrap_python_model().bundle
+    catalogue = load_catalogue(policy_cfg.catalogue)[0] if bundle.uplift is not None else None
+    horizon = bundle.trained_on.get("purchase_horizon_days", horizon)
+    t = data_end(con) if as_of is None else pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    engine = BatchEngine(fs, con, customers="customers")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"features as of {t:%Y-%m-%d %H:%M}", total=None)
+        feats = engine.snapshot(t)
+        bar.update(task, total=len(feats), completed=0, description="scoring customers")
+        table = predict_customers(
+            bundle, feats, data_cfg, catalogue, step=lambda n: bar.advance(task, n)
+        )
+    table.insert(2, "horizon_days", float(horizon))
+    target = write_parquet_atomic(table, out or data / "predictions.parquet")
+    scores = [c for c in table.columns if table[c].dtype.kind == "f" and c != "horizon_days"]
+    missing = [f for f in ("purchase", "value", "response", "uplift") if f in bundle.skipped]
+    console.print(
+        f"[green]wrote[/green] {target}: {len(table):,} customers as of {t}, "
+        f"{len(scores)} scores ({', '.join(scores)}); purchase horizon {horizon:g} days"
+        + (f"; not in this bundle: {', '.join(missing)}" if missing else "")
+    )
+
+
 def _campaign_inputs(data: Path, config: Path | None, alias: str, campaign_file: Path | None):
     """The policy inputs and the campaign file, validated against the catalogue; a bad file is
     a usage error naming the field."""

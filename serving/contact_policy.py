@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import DataConfig
+from features.errors import UserError
 from serving.catalogue import Catalogue
 from serving.config import Cap, ContactPolicy
 from training.models import FrameArrays
@@ -57,7 +58,7 @@ def check_columns(frame_columns: list[str], catalogue: Catalogue, policy: Contac
     """Fail loudly if the features lack what a rule needs (e.g. a cap window not computed)."""
     missing = [c for c in required_columns(catalogue, policy) if c not in set(frame_columns)]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"the contact policy needs feature columns {missing}; a cap's window_days must be "
             "one of features.fatigue_windows_days, and consent needs an outbound channel"
         )

@@ -8,8 +8,10 @@ versions, so it can be logged as a `sent`/`holdout` event and learned from (the 
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +22,7 @@ import pandas as pd
 from features.batch import AS_OF
 from features.config import DataConfig
 from features.contract import CUSTOMER_ID
+from features.errors import UserError
 from serving.arbitration import ScoredActions, score_actions
 from serving.catalogue import NOTHING, Catalogue, load_catalogue
 from serving.config import PolicyConfig
@@ -113,15 +116,23 @@ class DecisionPolicy:
         data: DataConfig,
         catalogue: Catalogue | None = None,
         catalogue_text: str = "",
+        strict: bool = False,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        """`strict`: an action the data cannot support (its channel is not outbound, a rule
+        names a missing column) is an error; otherwise it is left out of every decision and
+        reported once through `warn` (default: the `serving.policy` logger's warning)."""
         if catalogue is None:
             catalogue, catalogue_text = load_catalogue(cfg.catalogue)
+        self.strict = strict
+        self.warn = warn or logging.getLogger(__name__).warning
+        self.left_out: dict[str, str] = {}  # action id -> why it was left out of the run
         self.bundle = bundle
         self.model_version = str(model_version)
-        self.cfg = cfg
+        self.version = cfg.fingerprint(catalogue_text)
+        self.cfg = _caps_on_configured_channels(cfg, data)
         self.data = data
         self.catalogue = catalogue
-        self.version = cfg.fingerprint(catalogue_text)
         self.words = FeatureWords(data)
         self._checked: tuple[str, ...] = ()
 
@@ -172,9 +183,28 @@ class DecisionPolicy:
         return Decisions(columns, scored, el, probs)
 
     def _check_columns(self, columns: list[str] | pd.Index) -> None:
-        """The catalogue's rules against the feature columns, once per set of columns."""
+        """The catalogue's rules against the feature columns, once per set of columns: an
+        action the data cannot support is left out (reported once) or, strict, an error."""
         key = tuple(columns)
         if key != self._checked:
+            problems = self.catalogue.unusable(self.data, list(key))
+            if problems and self.strict:
+                action_id, why = next(iter(problems.items()))
+                raise UserError(f"action {action_id!r}: {why} (strict catalogue check)")
+            if problems and len(problems) == len(self.catalogue.actions):
+                raise UserError(
+                    "no action of the catalogue fits this data: "
+                    + "; ".join(f"{a}: {why}" for a, why in problems.items())
+                    + " (policy.catalogue names the catalogue; README: a minimal catalogue)"
+                )
+            by_reason: dict[str, list[str]] = {}
+            for action_id, why in problems.items():
+                self.left_out[action_id] = why
+                by_reason.setdefault(why, []).append(action_id)
+            for why, ids in by_reason.items():
+                self.warn(f"left out of this run: action(s) {', '.join(ids)}: {why}")
+            if problems:
+                self.catalogue = self.catalogue.without(set(problems))
             self.catalogue.check_against(self.data, list(key))
             check_columns(list(key), self.catalogue, self.cfg.contact_policy)
             self._checked = key
@@ -326,13 +356,26 @@ class DecisionPolicy:
         )
 
 
+def _caps_on_configured_channels(cfg: PolicyConfig, data: DataConfig) -> PolicyConfig:
+    """The policy without contact caps on channels the data configuration does not have (the
+    default caps name e-mail, SMS, push and direct mail; a bank's call-only data has none)."""
+    policy = cfg.contact_policy
+    caps = [c for c in policy.caps if c.channel is None or c.channel in data.channel_names]
+    if len(caps) == len(policy.caps):
+        return cfg
+    return cfg.model_copy(update={"contact_policy": policy.model_copy(update={"caps": caps})})
+
+
 def load_policy(
     data_dir: Path,
     cfg: PolicyConfig,
     data: DataConfig,
     alias: str = "champion",
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> DecisionPolicy:
-    """The policy over the bundle registered under `alias` (models versioned together)."""
+    """The policy over the bundle registered under `alias` (models versioned together);
+    `strict` and `warn` as in DecisionPolicy."""
     import mlflow.pyfunc
 
     from training import registry
@@ -340,10 +383,14 @@ def load_policy(
     registry.configure_tracking(data_dir)
     version = registry.alias_version(alias)
     if version is None:
-        raise LookupError(
+        raise NoBundle(
             f"no model bundle has the alias `{alias}` in {registry.BUNDLE_MODEL_NAME}: run "
             "`nba train` first"
         )
     loaded = mlflow.pyfunc.load_model(registry.model_uri(alias))
     bundle = loaded.unwrap_python_model().bundle
-    return DecisionPolicy(bundle, version, cfg, data)
+    return DecisionPolicy(bundle, version, cfg, data, strict=strict, warn=warn)
+
+
+class NoBundle(UserError, LookupError):
+    """No registered bundle behind the alias: `nba train` has not run (or not promoted)."""

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from features.cli import ConfigOption, DataOption, _open_current_store, console
+from features.errors import UserError
 
 
 class SetKind(StrEnum):
@@ -55,18 +56,26 @@ def training_set(
     )
 
 
+def _metric(name: str, value: float) -> str:
+    """A metric as printed: counts as integers, the rest to four decimals."""
+    if name.endswith("rows") and value == value:
+        return f"{int(value):,}"
+    return f"{value:.4f}"
+
+
 def _print_reports(reports) -> None:
     from rich.table import Table
 
     for family, report in reports.items():
+        # cells never wrap or fold away: a narrow terminal scrolls instead of emptying rows
         table = Table(title=f"{family}: test window")
         scorers = list(report.metrics)
         keys = list(dict.fromkeys(k for s in scorers for k in report.metrics[s]))
-        table.add_column("metric")
+        table.add_column("metric", no_wrap=True, min_width=len(max(keys, key=len, default="")))
         for s in scorers:
-            table.add_column(s, justify="right")
+            table.add_column(s, justify="right", no_wrap=True, min_width=max(len(s), 9))
         for k in keys:
-            table.add_row(k, *(f"{report.metrics[s].get(k, float('nan')):.4f}" for s in scorers))
+            table.add_row(k, *(_metric(k, report.metrics[s].get(k, float("nan"))) for s in scorers))
         console.print(table)
 
 
@@ -126,8 +135,7 @@ def evaluate(
     data_cfg, feature_cfg, cfg = _load_all(data, config)
     registry.configure_tracking(data)
     if registry.alias_version(alias) is None:
-        console.print(f"[red]no bundle has the alias '{alias}'[/red]: run `nba train` first")
-        raise typer.Exit(code=1)
+        raise UserError(f"no bundle has the alias '{alias}': run `nba train` first")
     bundle = mlflow.pyfunc.load_model(registry.model_uri(alias)).unwrap_python_model().bundle
     con = _open_current_store(data, config)
     engine = BatchEngine(FeatureSet(data_cfg, feature_cfg), con, customers="customers")

@@ -35,6 +35,7 @@ from features.contract import (
     TS,
 )
 from features.definitions import US_PER_DAY
+from features.errors import UserError
 from training.config import LabelConfig
 
 TREATED = "treated"
@@ -69,7 +70,10 @@ def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.T
         f"SELECT epoch_us(min({TS})), epoch_us(max({TS})) FROM events"
     ).fetchall()[0]
     if last is None:
-        raise ValueError("the event store holds no events")
+        raise UserError(
+            "the event store holds no events: run `nba ingest` on a data directory "
+            "whose events pass validation"
+        )
     return pd.Timestamp(first, unit="us", tz="UTC"), pd.Timestamp(last, unit="us", tz="UTC")
 
 
@@ -81,9 +85,9 @@ def contact_labels(
     con: duckdb.DuckDBPyConnection, data: DataConfig, labels: LabelConfig
 ) -> pd.DataFrame:
     """Outbound contacts and holdouts with their labels (no features), in event order."""
-    response_case = " ".join(
-        f"WHEN '{c.name}' THEN '{c.response}'" for c in data.channels if c.response
-    )
+    whens = " ".join(f"WHEN '{c.name}' THEN '{c.response}'" for c in data.channels if c.response)
+    # no channel with a response (a purchase-only log): no contact can be responded to
+    response_type = f"CASE {CHANNEL} {whens} ELSE NULL END" if whens else "NULL::VARCHAR"
     outbound = ", ".join(f"'{t}'" for t in data.event_types.outbound)
     purchase = ", ".join(f"'{t}'" for t in data.event_types.purchase)
     treated = data.event_types.outbound[0]
@@ -95,7 +99,7 @@ def contact_labels(
     WITH c AS (
         SELECT {EVENT_ID}, {CUSTOMER_ID}, {TS}, epoch_us({TS}) AS t_us, {CHANNEL}, {ACTION_ID},
                {PROPENSITY}, {EVENT_TYPE} = '{treated}' AS {TREATED},
-               CASE {CHANNEL} {response_case} ELSE NULL END AS response_type
+               {response_type} AS response_type
         FROM events WHERE {EVENT_TYPE} IN ({outbound})
     ),
     e AS (SELECT {CUSTOMER_ID}, epoch_us({TS}) AS e_us, {CHANNEL}, {EVENT_TYPE}, {AMOUNT}
@@ -190,6 +194,44 @@ def snapshot_times(con: duckdb.DuckDBPyConnection, labels: LabelConfig) -> list[
         times.append(t)
         t -= pd.Timedelta(days=labels.snapshot_every_days)
     return sorted(times)
+
+
+MIN_SNAPSHOTS = 3  # a time split needs train, calibration and test snapshots
+
+
+def longest_horizon_days(con: duckdb.DuckDBPyConnection, labels: LabelConfig) -> int:
+    """The longest whole-day purchase horizon that still leaves MIN_SNAPSHOTS snapshots with
+    a complete label window in the history (0 if none does): what to set when the configured
+    horizon is as long as the history."""
+    start, _ = event_time_range(con)
+    end = data_end(con)
+    every = pd.Timedelta(days=labels.snapshot_every_days)
+    for days in range((end - start).days, 0, -1):
+        last = (end - pd.Timedelta(days=days)).floor("D")
+        if last - (MIN_SNAPSHOTS - 1) * every > start:
+            return days
+    return 0
+
+
+def horizon_problem(con: duckdb.DuckDBPyConnection, labels: LabelConfig, found: int) -> str:
+    """Why `found` snapshots (fewer than MIN_SNAPSHOTS) have a complete purchase horizon, and
+    the longest horizon this history allows."""
+    start, _ = event_time_range(con)
+    end = data_end(con)
+    longest = longest_horizon_days(con, labels)
+    history = (end - start) / pd.Timedelta(days=1)
+    fix = (
+        f"the longest this history allows is {longest} days: set "
+        f"training.labels.purchase_horizon_days to at most {longest}"
+        if longest
+        else "the history is too short for any horizon: lengthen it"
+    )
+    return (
+        f"{found} snapshot(s) with a complete {labels.purchase_horizon_days:g}-day purchase "
+        f"horizon in {history:.0f} days of history ({start:%Y-%m-%d} to {end:%Y-%m-%d}), "
+        f"{MIN_SNAPSHOTS} needed at training.labels.snapshot_every_days "
+        f"{labels.snapshot_every_days}; {fix}"
+    )
 
 
 def snapshot_labels(

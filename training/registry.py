@@ -32,8 +32,20 @@ class Tracking:
 _EMBEDDED_URIS: set[str] = set()
 
 
+def _quiet_when_asked() -> None:
+    """With MLFLOW_LOGGING_LEVEL at ERROR or above (the `nba` command line sets it unless
+    `--debug`), also silence what MLflow prints past its logging level: "Successfully
+    registered model", "Created version", artifact download bars."""
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+        from mlflow.utils.logging_utils import disable_logging
+
+        disable_logging()
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def configure_tracking(data_dir: Path) -> Tracking:
     """Point MLflow at the environment's server, or at the embedded store under DATA/mlflow."""
+    _quiet_when_asked()
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri and uri not in _EMBEDDED_URIS:
         mlflow.set_tracking_uri(uri)

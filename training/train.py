@@ -24,15 +24,18 @@ from features.batch import BatchEngine
 from features.config import DataConfig
 from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, TS, DataDir
 from features.definitions import FeatureConfig, FeatureSet
+from features.errors import UserError
 from training import registry
 from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle, pip_requirements
 from training.config import TrainingConfig
 from training.datasets import (
+    MIN_SNAPSHOTS,
     PURCHASED,
     RESPONDED,
     SPEND,
     TREATED,
     contact_training_set,
+    horizon_problem,
     snapshot_training_set,
 )
 from training.evaluation import (
@@ -92,7 +95,10 @@ def build_training_data(
     frame, report = contact_training_set(
         con, engine, data_cfg, cfg.labels, max_rows=cfg.models.max_contact_rows
     )
-    if report.rows == 0:
+    if report.rows == 0 and not report.dropped_censored:
+        kinds = ", ".join(data_cfg.event_types.outbound)
+        notes["contacts"] = f"no outbound contacts ({kinds} events) in the history"
+    elif report.rows == 0:
         notes["contacts"] = "no outbound contacts with a complete label window"
     else:
         try:
@@ -108,8 +114,9 @@ def build_training_data(
             notes["contacts"] = str(exc)
     say("purchase training set (monthly snapshots)")
     frame, report = snapshot_training_set(con, engine, data_cfg, cfg.labels)
-    if frame is None or report.rows == 0:
-        notes["snapshots"] = "no snapshot with a complete purchase horizon"
+    found = 0 if frame is None or report.rows == 0 else frame["as_of"].nunique()
+    if found < MIN_SNAPSHOTS:
+        notes["snapshots"] = horizon_problem(con, cfg.labels, found)
     else:
         try:
             snapshots = time_split(
@@ -357,7 +364,7 @@ def train(
     td = build_training_data(con, engine, data_cfg, cfg, say)
     bundle = fit_bundle(td, cfg, say)
     if all(_family_model(bundle, f) is None for f in ("response", "purchase", "value", "uplift")):
-        raise ValueError(f"nothing could be trained: {bundle.skipped}")
+        raise UserError(f"nothing could be trained: {_why_nothing(bundle.skipped)}")
     say("evaluation on the test window")
     truth = load_truth(data_dir, con)
     horizon = cfg.labels.purchase_horizon_days
@@ -366,6 +373,8 @@ def train(
         "contacts": td.contacts.describe(TS) if td.contacts is not None else None,
         "snapshots": td.snapshots.describe("as_of") if td.snapshots is not None else None,
         "feature_definitions": fs.base_names,
+        "purchase_horizon_days": horizon,  # what p_purchase means: a purchase within this
+        "attribution_window_days": cfg.labels.attribution_window_days,
     }
 
     say("MLflow: logging runs and registering the bundle")
@@ -383,6 +392,14 @@ def train(
     if gate.promoted:
         registry.set_alias(version[0], registry.CHAMPION)
     return TrainResult(bundle, reports, run_ids, version[0], gate, td)
+
+
+def _why_nothing(skipped: dict[str, str]) -> str:
+    """Each family's reason, a reason shared by several said once (`purchase, value: ...`)."""
+    by_reason: dict[str, list[str]] = {}
+    for family, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(family)
+    return "; ".join(f"{', '.join(fams)}: {reason}" for reason, fams in by_reason.items())
 
 
 def _has_customers(con: duckdb.DuckDBPyConnection) -> bool:
