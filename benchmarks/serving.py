@@ -531,6 +531,7 @@ def local_redis(where: Path) -> Iterator[Any]:
         "redis_server", ROOT / "tests" / "redis_server.py"
     )
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     server = module.RedisServer(where).start()
     try:
