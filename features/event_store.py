@@ -111,6 +111,8 @@ class IngestReport:
     seconds: float
     # what to change in the configuration for the rejections that are configuration's to fix
     hints: list[str] = field(default_factory=list)
+    profile_columns: list[str] = field(default_factory=list)  # the customers table's own
+    customers_with_profile: int = 0  # customers with events who have a customers row
 
     def identity_summary_text(self) -> str:
         s = self.identity
@@ -120,9 +122,14 @@ class IngestReport:
             f"{s.cut_identifiers:,} shared identifiers cut ({s.links_cut:,} links)"
         )
         if self.customers is not None:
+            cols = self.profile_columns
+            named = ", ".join(cols[:8]) + (", ..." if len(cols) > 8 else "")
             text += (
-                f"; customers table: {self.customers_merged:,} rows merged, "
-                f"{self.customers_without_events:,} without events"
+                f"\ncustomers table: {len(cols)} profile column(s) ({named or 'none'}) for "
+                f"{self.customers_with_profile:,} of {s.customers:,} customers with events "
+                f"(features profile_<column>); {self.customers_without_events:,} rows without "
+                f"events; {self.customers_merged:,} rows merged into an earlier row of the same "
+                "customer"
             )
         return text + f"\nwrote {self.store} in {self.seconds:.1f} s"
 
@@ -136,6 +143,8 @@ class IngestReport:
             "store_events": self.store_events,
             "seconds": round(self.seconds, 3),
             "hints": self.hints,
+            "profile_columns": self.profile_columns,
+            "customers_with_profile": self.customers_with_profile,
         }
 
 
@@ -354,6 +363,7 @@ def ingest(
         con.register("_nba_shared", identity.cut)
         copy_to_parquet(con, "SELECT * FROM _nba_shared", staging / SHARED_FILE)
         merged, without_events = _write_customers(con, customers, staging / CUSTOMERS_FILE)
+        profile, with_profile = _profile_reach(con, staging / CUSTOMERS_FILE)
         step("wrote identity, shared identifiers and customers")
     finally:
         con.close()
@@ -369,6 +379,8 @@ def ingest(
         store=store,
         seconds=seconds,
         hints=hints,
+        profile_columns=profile,
+        customers_with_profile=with_profile,
     )
     for name in STORE_FILES:
         os.replace(staging / name, store / name)
@@ -449,6 +461,19 @@ def _write_customers(con: duckdb.DuckDBPyConnection, customers, target: Path) ->
         "FROM _nba_customers_resolved"
     ).fetchall()[0]
     return int(rows - ids), int(no_events)
+
+
+def _profile_reach(con: duckdb.DuckDBPyConnection, customers_file: Path) -> tuple[list[str], int]:
+    """The customers table's profile columns (the features' `profile_<column>`) and how many
+    customers with events have a row in it."""
+    path = _lit(str(customers_file))
+    names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({path})").fetchall()]
+    skip = {CUSTOMER_ID, CUSTOMER_KEY, SOURCE_CUSTOMER_ID}
+    (n,) = con.execute(
+        f"SELECT count(*) FROM read_parquet({path}) c "
+        f"WHERE c.{CUSTOMER_ID} IN (SELECT {CUSTOMER_ID} FROM _nba_numbers)"
+    ).fetchone()
+    return [c for c in names if c not in skip], int(n)
 
 
 def store_is_current(data_dir: DataDir | Path | str, config: DataConfig | None = None) -> bool:

@@ -77,6 +77,10 @@ def _print_reports(reports) -> None:
         for k in keys:
             table.add_row(k, *(_metric(k, report.metrics[s].get(k, float("nan"))) for s in scorers))
         console.print(table)
+    from training.evaluation import losses_to_heuristic
+
+    for loss in losses_to_heuristic(reports):
+        console.print(f"[bold red]warning[/bold red]: {loss}", highlight=False)
 
 
 def _load_all(data: Path, config: Path | None):

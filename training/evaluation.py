@@ -258,6 +258,26 @@ def _add_oracle_ratio(metrics: dict[str, dict[str, float]]) -> None:
             metrics[name]["auc_vs_oracle"] = metrics[name]["auc"] / oracle_auc
 
 
+# per family: the metric that says which scorer is better, and whether higher is better
+HEAD_TO_HEAD = {"response": ("auc", True), "purchase": ("auc", True), "value": ("mae", False)}
+
+
+def losses_to_heuristic(reports: dict[str, FamilyReport]) -> list[str]:
+    """The families whose model does worse than its own heuristic on the test window, in
+    words: a model that cannot beat a rule of thumb must say so, not pass silently."""
+    found = []
+    for family, report in reports.items():
+        metric, higher = HEAD_TO_HEAD.get(family, (None, True))
+        model = report.metrics.get("model", {}).get(metric, float("nan"))
+        rule = report.metrics.get("heuristic", {}).get(metric, float("nan"))
+        if model == model and rule == rule and (model < rule if higher else model > rule):
+            found.append(
+                f"the {family} model is worse than its heuristic on the test window "
+                f"({metric} {model:.4f} vs {rule:.4f})"
+            )
+    return found
+
+
 def gate_score(reports: dict[str, FamilyReport]) -> float:
     """The number the promotion gate compares: mean test AUC of the response and purchase models."""
     aucs = [reports[f].metrics["model"]["auc"] for f in ("response", "purchase") if f in reports]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -46,6 +46,7 @@ from training.evaluation import (
     evaluate_uplift,
     evaluate_value,
     gate_score,
+    losses_to_heuristic,
     time_split,
 )
 from training.models import CalibratedClassifier, UpliftRLearner, ValueRegressor
@@ -386,6 +387,9 @@ def train(
     score = gate_score(reports)
     champion_score = _champion_score(td, truth, horizon)
     gate = registry.promotion_gate(score, champion_score, cfg.models.gate_margin)
+    losses = losses_to_heuristic(reports)
+    if losses:  # promoted or not, the gate's reason says it
+        gate = replace(gate, reason=f"{gate.reason}; warning: {'; '.join(losses)}")
     version = _log_bundle_run(bundle, reports, td, tracking, run_ids, gate)
     run_ids["bundle"] = version[1]
     registry.set_alias(version[0], registry.CHALLENGER)

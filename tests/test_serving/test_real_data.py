@@ -7,20 +7,25 @@
   that cannot run on this data are left out and reported once; `--strict` makes it an error.
 """
 
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from real_like import one_line_error, outbound_calls, purchase_log, run_nba
 
-SHOP = """\
-data:
-  identity:
-    identifier_types: [shop]
-  channels:
-    - {name: store, identifier: shop}
-training:
-  labels:
-    purchase_horizon_days: 90
-"""
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block(after: str) -> str:
+    """The YAML block that follows `after` in the README (its first-run section)."""
+    found = re.search(re.escape(after) + r"\s*```yaml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert found, f"README has no yaml block after {after!r}"
+    return found.group(1)
+
+
+SHOP = readme_block("this `shop.yaml`:")
+SHOP_CATALOGUE = readme_block("`shop-catalogue.yaml`:")
 
 BANK = """\
 data:
@@ -51,7 +56,8 @@ def _quiet(done) -> None:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     root = purchase_log(tmp_path_factory.mktemp("shop") / "shop", customers=1500, seed=11)
-    (root / "nba.yaml").write_text(SHOP)
+    (root / "nba.yaml").write_text(SHOP.replace("shop-catalogue.yaml", str(root / "cat.yaml")))
+    (root / "cat.yaml").write_text(SHOP_CATALOGUE)
     return root
 
 
@@ -108,6 +114,9 @@ def test_a_purchase_log_goes_through_with_only_a_configuration_file(shop, tmp_pa
         scores["expected_value"] - scores["p_purchase"] * scores["spend_if_purchase"]
     ).abs().max() < 1e-9
     assert not [c for c in scores.columns if c.startswith(("p_response_", "uplift_"))]
+    # deciding needs a model of contacts, which a purchase-only log cannot give: one line
+    line = one_line_error(run_nba("decide", "--data", str(shop), "--config", config), "decide")
+    assert "policy.scoring `uplift` needs an uplift model" in line
     # the propensity ranks: customers who bought in the 90 days after as_of scored higher
     after = events[
         (pd.to_datetime(events["ts"]) >= pd.Timestamp(as_of, tz="UTC"))
@@ -121,7 +130,13 @@ def test_a_purchase_log_goes_through_with_only_a_configuration_file(shop, tmp_pa
 
 def test_outbound_calls_with_a_profile_go_through(bank, tmp_path):
     config = str(bank / "nba.yaml")
-    run_nba("ingest", "--data", str(bank), "--config", config, check=0)
+    ingest = run_nba("ingest", "--data", str(bank), "--config", config, check=0)
+    said = " ".join(ingest.stdout.split())
+    n = pd.read_csv(bank / "customers.csv")["customer_key"].nunique()
+    assert (
+        f"customers table: 5 profile column(s) (age, job, marital, education, loan) for "
+        f"{n:,} of {n:,} customers with events" in said
+    )
     train = run_nba("train", "--data", str(bank), "--config", config, check=0)
     _quiet(train)
     assert "response: test window" in train.stdout and "purchase: test window" in train.stdout
