@@ -137,7 +137,7 @@ def main() -> None:
     print(f"  scoring, assignment and holdouts {t1 - t0:.1f} s; writing {t2 - t1:.1f} s")
     print(f"  peak memory {mem.peak_gb:.2f} GB (the feature table of {len(big):,} included)")
     print(
-        f"  {pairs:,} eligible pairs; price rounds {sol.rounds}; prices {np.round(sol.prices, 4)}"
+        f"  {pairs:,} eligible pairs; price rounds {sol.rounds}; shadow prices {np.round(sol.shadow_prices, 4)}"
     )
     print(f"  expected profit {sol.objective:,.2f}, at most {sol.gap_bound:.4%} below the optimum")
     print(f"LightGBM alone on the same pairs (every model the scoring calls): {bare:.1f} s")

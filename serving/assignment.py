@@ -110,6 +110,13 @@ class ScoreBackend(Protocol):
         `open_actions`: their keys, current choice (-1 nothing) and score rows."""
         ...
 
+    def ambiguous(
+        self, penalty: np.ndarray, eps: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Customers whose best two options at `penalty` (nothing included) are within `eps`:
+        keys, choice at the prices and score rows."""
+        ...
+
     def marginal(
         self, penalty: np.ndarray, actions: np.ndarray, m: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -165,6 +172,18 @@ class NumpyScores:
         current = np.concatenate([c for _, c, _ in found]) if found else np.array([], int)
         score = np.vstack([s for _, _, s in found]) if found else np.empty((0, self.s.shape[1]))
         return self.keys[rows], current, score
+
+    def ambiguous(
+        self, penalty: np.ndarray, eps: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        found = [
+            (r + start, c)
+            for start in range(0, len(self.s), self.block)
+            for r, c in [partition_ambiguous(self.s[start : start + self.block], penalty, eps)]
+        ]
+        rows = np.concatenate([r for r, _ in found]) if found else np.array([], dtype=np.int64)
+        cur = np.concatenate([c for _, c in found]) if found else np.array([], dtype=np.int64)
+        return self.keys[rows], cur, self.s[rows]
 
     def marginal(
         self, penalty: np.ndarray, actions: np.ndarray, m: int
@@ -257,6 +276,19 @@ def partition_candidates(
     return rows, current[rows], s[rows]
 
 
+def partition_ambiguous(
+    s: np.ndarray, penalty: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose best and second-best reduced options (nothing = 0 included) are within eps,
+    with their choice at the prices: the customers the prices leave undecided."""
+    if len(s) == 0 or s.shape[1] == 0:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    r = np.column_stack([s - penalty, np.zeros(len(s))])
+    top2 = -np.partition(-r, 1, axis=1)[:, :2] if r.shape[1] > 1 else np.column_stack([r, r])
+    rows = np.flatnonzero((top2[:, 0] - top2[:, 1] <= eps) & np.isfinite(top2[:, 1]))
+    return rows, choose(s[rows], penalty)
+
+
 def partition_marginal(
     s: np.ndarray, penalty: np.ndarray, actions: np.ndarray, m: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -293,6 +325,11 @@ class Solution:
     dual_bound: float  # an upper bound on the LP optimum (hence on any assignment)
     rounds: int
     history: list[dict[str, float]] = field(default_factory=list)
+    shadow_prices: np.ndarray | None = None  # the prices of the lowest dual value found
+
+    def __post_init__(self) -> None:
+        if self.shadow_prices is None:
+            self.shadow_prices = self.prices
 
     @property
     def gap_bound(self) -> float:
@@ -363,37 +400,153 @@ def solve(
             t = _bumped(backend.kth_threshold(members, pen, int(limits.limit[k])))
         prices[k] = t
 
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):
-        before = prices.copy()
-        for k in range(m):
-            update(k)
-        counts, dual = backend.counts(limits.penalty(prices)[None, :])
-        history.append(
-            {"round": rounds, "dual": float(dual[0] + prices @ limits.limit)}
-            | {n: float(p) for n, p in zip(limits.names, prices, strict=True)}
-        )
-        if say:
-            say(f"round {rounds}: prices {np.round(prices, 4).tolist()}")
-        if np.all(np.abs(prices - before) <= 1e-9 * (1 + np.abs(before))):
-            break
+    def descend(start: np.ndarray) -> int:
+        """Coordinate rounds from `start` until the prices settle; returns the rounds."""
+        prices[:] = start
+        for rounds in range(1, max_rounds + 1):
+            before = prices.copy()
+            for k in range(m):
+                update(k)
+            _, dual = backend.counts(limits.penalty(prices)[None, :])
+            history.append(
+                {"round": len(history) + 1, "dual": float(dual[0] + prices @ limits.limit)}
+                | {n: float(p) for n, p in zip(limits.names, prices, strict=True)}
+            )
+            if say:
+                say(f"round {len(history)}: prices {np.round(prices, 4).tolist()}")
+            if np.all(np.abs(prices - before) <= 1e-9 * (1 + np.abs(before))):
+                return rounds
+        return max_rounds
+
+    rounds = descend(prices)
+    best = _finish(backend, limits, prices.copy())
+    if m > 1 and best.gap_bound > BUNDLE_GAP:
+        # coordinate steps can stall at a kink of the dual where only a joint move of several
+        # prices descends: cutting planes from that point, then coordinate rounds again
+        start, bound = _cutting_planes(backend, limits, prices.copy(), say)
+        rounds += descend(start)
+        other = _finish(backend, limits, prices.copy())
+        shadow = other.prices if other.dual_bound <= best.dual_bound else best.prices
+        bound = min(other.dual_bound, bound, best.dual_bound)
+        if other.objective > best.objective:
+            best = other
+        best.dual_bound, best.shadow_prices = bound, shadow
+    best.rounds = rounds
+    best.history = history
+    return best
+
+
+BUNDLE_GAP = 1e-3  # above this bound on the gap, the cutting planes run
+
+
+def _finish(backend: ScoreBackend, limits: Limits, prices: np.ndarray) -> Solution:
+    """The assignment at `prices`, repaired and filled, with its value and the dual bound."""
     penalty = limits.penalty(prices)
     counts, dual = backend.counts(penalty[None, :])
     counts = counts[0]
     dual_bound = float(dual[0] + prices @ limits.limit)
-    repaired, counts = _repair(backend, limits, penalty, counts)
-    moves, counts = _fill(backend, limits, penalty, counts, repaired)
+    at_prices = float(dual[0] + penalty @ counts)  # sum of reduced scores + what they paid
+    repaired = _split_ties(backend, limits, penalty, counts)
+    if repaired is not None:
+        keys, was, now, score = repaired
+        np.subtract.at(counts, was[was >= 0], 1)
+        np.add.at(counts, now[now >= 0], 1)
+    else:
+        repaired, counts = _repair(backend, limits, penalty, counts)
+    moves, counts, delta = _fill(backend, limits, penalty, counts, repaired)
     return Solution(
         prices=prices,
         penalty=penalty,
         moves=moves,
         counts=counts,
         usage=limits.usage(counts),
-        objective=float("nan"),  # set by the caller, who sees the chosen scores
+        objective=at_prices + delta,
         dual_bound=dual_bound,
-        rounds=rounds,
-        history=history,
+        rounds=0,
     )
+
+
+MAX_TIED = 300_000  # undecided customers beyond this are repaired greedily, not by an LP
+
+
+def _split_ties(
+    backend: ScoreBackend, limits: Limits, penalty: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The customers the prices leave undecided (ties, e.g. a calibrated model's equal scores)
+    assigned by the exact LP over them alone, in what the decided ones leave of each limit;
+    fractional ones get nothing. None when the decided ones alone break a limit, or too many
+    are undecided (the greedy repair takes over)."""
+    if not len(limits):
+        return None
+    eps = 1e-7 * (1.0 + float(np.abs(penalty).max(initial=0.0)))
+    keys, current, score = backend.ambiguous(penalty, eps)
+    if not len(keys) or len(keys) > MAX_TIED:
+        return None
+    order = np.argsort(keys, kind="stable")  # a fixed order, whatever the partitioning
+    keys, current, score = keys[order], current[order], score[order]
+    fixed = counts - np.bincount(current[current >= 0], minlength=len(counts))
+    room = limits.limit - limits.usage(fixed)
+    if (room < -1e-9).any():
+        return None
+    room = np.maximum(room, 0.0)
+    exact = solve_lp(score, Limits(limits.names, limits.kinds, limits.weights, room))
+    now = exact.choice  # x > 0.5: the integral ones (fractional ones are at most one a limit)
+    use = limits.usage(np.bincount(now[now >= 0], minlength=len(counts)))
+    if (use > room + 1e-9).any():
+        return None
+    moved = now != current
+    return keys[moved], current[moved], now[moved], score[moved]
+
+
+def _cutting_planes(
+    backend: ScoreBackend, limits: Limits, start: np.ndarray, say=None, iterations: int = 60
+) -> tuple[np.ndarray, float]:
+    """Minimise the dual D(p) = sum_i max(0, max_j s_ij - (pW)_j) + p.limit by cutting planes
+    in a trust region (each evaluation gives a cut D(q) >= D(p) + (limit - use(p)).(q - p));
+    returns the best prices found and the lowest dual value seen (an upper bound)."""
+    from scipy.optimize import linprog
+
+    m = len(limits)
+
+    def evaluate(p: np.ndarray) -> tuple[float, np.ndarray]:
+        counts, dual = backend.counts(limits.penalty(p)[None, :])
+        return float(dual[0] + p @ limits.limit), limits.limit - limits.usage(counts[0])
+
+    center = start.copy()
+    d_center, g = evaluate(center)
+    cuts_g, cuts_c = [g], [d_center - g @ center]
+    radius = max(float(center.max()), 1e-3)
+    for it in range(iterations):
+        lo = np.maximum(center - radius, 0.0)
+        hi = center + radius
+        a_ub = np.column_stack([np.array(cuts_g), -np.ones(len(cuts_g))])
+        res = linprog(
+            np.r_[np.zeros(m), 1.0],
+            A_ub=a_ub,
+            b_ub=-np.array(cuts_c),
+            bounds=[*zip(lo, hi, strict=True), (None, None)],
+            method="highs",
+        )
+        if res.status != 0:
+            break
+        p, model = res.x[:m], float(res.x[m])
+        predicted = d_center - model
+        if predicted <= 1e-9 * max(1.0, abs(d_center)):
+            if radius < 1e-9:
+                break
+            radius *= 0.5  # nothing to gain in this box at this precision: look closer
+            continue
+        d, g = evaluate(p)
+        cuts_g.append(g)
+        cuts_c.append(d - g @ p)
+        if d <= d_center - 0.1 * predicted:  # a serious step: move, look wider
+            center, d_center = p, d
+            radius *= 2.0
+        else:
+            radius *= 0.5
+        if say:
+            say(f"cutting plane {it + 1}: dual {d_center:.6f}, radius {radius:.3g}")
+    return center, d_center
 
 
 def _repair(
@@ -450,7 +603,7 @@ def _fill(
     penalty: np.ndarray,
     counts: np.ndarray,
     repaired: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
-) -> tuple[dict[object, int], np.ndarray]:
+) -> tuple[dict[object, int], np.ndarray, float]:
     """Use what the prices left unused: customers move to a better open action, best gain
     first, while every limit holds (a few rounds on the few customers near a threshold)."""
     counts = counts.copy()
@@ -473,9 +626,10 @@ def _fill(
         now = np.concatenate([now, r_to])
         score = np.vstack([score, r_score])
     if not len(keys):
-        return {}, counts
+        return {}, counts, 0.0
     order = np.argsort(keys, kind="stable")  # a fixed order, whatever the partitioning
     keys, current, now, score = keys[order], current[order], now[order], score[order]
+    raw = score.copy()  # `score` loses the targets that stopped fitting
     moved = now != current
     rows = np.arange(len(keys))
     for _ in range(200):
@@ -504,7 +658,11 @@ def _fill(
         now[acc] = target[acc]
         moved[acc] = True
     changed = moved & (now != current)
-    return {k: int(a) for k, a in zip(keys[changed], now[changed], strict=True)}, counts
+    gained = np.where(now >= 0, raw[rows, np.maximum(now, 0)], 0.0)
+    had = np.where(current >= 0, raw[rows, np.maximum(current, 0)], 0.0)
+    delta = float((gained - had)[changed].sum())
+    moves = {k: int(a) for k, a in zip(keys[changed], now[changed], strict=True)}
+    return moves, counts, delta
 
 
 # --- the exact solution, for instances of a few thousand customers -------------------------------

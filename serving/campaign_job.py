@@ -240,7 +240,7 @@ def summary(run: CampaignRun) -> dict[str, object]:
                 "shadow_price": float(price),
             }
             for name, kind, limit, used, price in zip(
-                limits.names, limits.kinds, limits.limit, sol.usage, sol.prices, strict=True
+                limits.names, limits.kinds, limits.limit, sol.usage, sol.shadow_prices, strict=True
             )
         ],
         "per_action": {

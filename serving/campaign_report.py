@@ -197,7 +197,7 @@ def figures(run: CampaignRun, comparison: pd.DataFrame) -> dict[str, Figure]:
     if len(lim):
         share = run.solution.usage / np.maximum(lim.limit, 1e-12)
         ax.barh(lim.names, share, color=np.where(share >= 0.99, "#cc6677", "#4477aa"))
-        for y, (s, p) in enumerate(zip(share, run.solution.prices, strict=True)):
+        for y, (s, p) in enumerate(zip(share, run.solution.shadow_prices, strict=True)):
             ax.text(min(s, 1.0) + 0.01, y, f"shadow price {p:.3f}", va="center", fontsize=8)
         ax.set_xlim(0, 1.35)
     ax.set(title="capacity use (share of each limit) and shadow prices", xlabel="used / limit")

@@ -7,7 +7,7 @@ The same three steps as `serving.campaign_job`, distributed:
    keeps one row per customer with every offered action's objective and components (cached);
 2. prices: `serving.assignment.solve` itself, asking a backend whose every answer is a small
    per-partition aggregate collected and combined on the driver (per-action counts at candidate
-   prices, each partition's top thresholds, the few customers near a threshold). The answers
+   prices, each partition's top thresholds, the few customers near a threshold or tied). The answers
    equal the in-memory backend's, so the prices, hence the assignments, are the one-machine ones;
 3. assignment: each partition takes its customers' actions at the prices (and the fill's few
    moves, broadcast), draws the holdouts from (seed, customer) and writes its part.
@@ -37,6 +37,7 @@ from serving.assignment import (
     build_limits,
     choose,
     kth_of,
+    partition_ambiguous,
     partition_candidates,
     partition_counts,
     partition_marginal,
@@ -209,6 +210,23 @@ class SparkScores:
             out = pd.DataFrame({"key": keys[rows], "cur": cur, "m": 0.0})
             for j in range(s.shape[1]):
                 out[f"s{j}"] = sc[:, j]
+            return out
+
+        got = self._collect(fn, self._row_schema("m double"))
+        return (
+            got["key"].to_numpy(dtype=object),
+            got["cur"].to_numpy(np.int64),
+            self._rows(got),
+        )
+
+    def ambiguous(
+        self, penalty: np.ndarray, eps: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def fn(keys, s):
+            rows, cur = partition_ambiguous(s, penalty, eps)
+            out = pd.DataFrame({"key": keys[rows], "cur": cur, "m": 0.0})
+            for j in range(s.shape[1]):
+                out[f"s{j}"] = s[rows, j]
             return out
 
         got = self._collect(fn, self._row_schema("m double"))
