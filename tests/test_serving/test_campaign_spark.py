@@ -26,7 +26,7 @@ pytestmark = [
 CAMPAIGN = {
     "name": "spark_check",
     "actions": ["email_newin", "email_discount", "sms_flash", "push_newin", "dm_catalog"],
-    "capacities": {"direct_mail": 250, "email": 500},
+    "capacities": {"direct_mail": 250},  # with the budget: a few Spark jobs, not dozens
     "budget": 220,
     "holdout": {"fraction": 0.25, "seed": 5},
 }
@@ -89,4 +89,3 @@ def test_spark_job_equals_the_one_machine_run(trained_world, spark, tmp_path):
     acted = b[b["action_id"] != "do_nothing"]
     assert acted["cost"].sum() <= CAMPAIGN["budget"] + 1e-9
     assert (acted["channel"] == "direct_mail").sum() <= 250
-    assert (acted["channel"] == "email").sum() <= 500
