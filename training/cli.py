@@ -49,6 +49,10 @@ def training_set(
         table.to_parquet(target, index=False)
     else:
         _, report = snapshot_training_set(con, engine, data_cfg, labels, out=target, progress=True)
+        if report.rows == 0:
+            from training.datasets import horizon_problem
+
+            raise UserError(horizon_problem(con, labels, 0))
     console.print(
         f"[green]wrote[/green] {target}: {report.rows:,} rows from {report.first_as_of} to "
         f"{report.last_as_of}; {report.dropped_censored:,} dropped (label window past the data end "
@@ -150,4 +154,8 @@ def evaluate(
     console.print(
         f"bundle {registry.BUNDLE_MODEL_NAME}@{alias} (version {registry.alias_version(alias)})"
     )
+    if not reports:
+        raise UserError("nothing to evaluate on this data: " + "; ".join(td.notes.values()))
     _print_reports(reports)
+    for part, note in td.notes.items():  # what this data could not evaluate, and why
+        console.print(f"[yellow]not evaluated ({part})[/yellow]: {note}", highlight=False)

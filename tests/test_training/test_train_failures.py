@@ -71,3 +71,21 @@ def test_the_store_holds_the_shop_log(shop):
     received = len(pd.read_csv(shop / "events.csv"))
     con = open_store(DataDir(shop))
     assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == received
+
+
+def test_evaluate_on_a_horizon_the_history_cannot_label(shop, tmp_path):
+    """Trained at 90 days, evaluated at 400: nothing to evaluate, said in one line with the
+    longest horizon; at 90 days the notes of what was not evaluated follow the tables."""
+    config = tmp_path / "nba.yaml"
+    config.write_text(SHOP + "training:\n  labels:\n    purchase_horizon_days: 90\n")
+    run_nba("train", "--data", str(shop), "--config", str(config), check=0)
+    done = run_nba("evaluate", "--data", str(shop), "--config", str(config), check=0)
+    assert "purchase: test window" in done.stdout
+    assert "not evaluated (contacts): no outbound contacts" in " ".join(done.stdout.split())
+    config.write_text(SHOP + "training:\n  labels:\n    purchase_horizon_days: 400\n")
+    line = one_line_error(
+        run_nba("evaluate", "--data", str(shop), "--config", str(config)), "evaluate"
+    )
+    longest = longest_horizon_days(open_store(DataDir(shop)), LabelConfig())
+    assert "nothing to evaluate on this data" in line
+    assert f"at most {longest}" in line
