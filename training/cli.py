@@ -68,16 +68,27 @@ def _metric(name: str, value: float) -> str:
 
 
 def _print_reports(reports) -> None:
+    """Each family's metrics by scorer: a table, or where the terminal is too narrow for one,
+    a line per metric (a squeezed table would wrap or crop the numbers away)."""
     from rich.table import Table
 
     for family, report in reports.items():
-        # cells never wrap or fold away: a narrow terminal scrolls instead of emptying rows
-        table = Table(title=f"{family}: test window")
         scorers = list(report.metrics)
         keys = list(dict.fromkeys(k for s in scorers for k in report.metrics[s]))
-        table.add_column("metric", no_wrap=True, min_width=len(max(keys, key=len, default="")))
-        for s in scorers:
-            table.add_column(s, justify="right", no_wrap=True, min_width=max(len(s), 9))
+        key_width = len(max(keys, key=len, default="metric"))
+        widths = [max(len(s), 10) for s in scorers]
+        if console.width < key_width + sum(widths) + 3 * (len(scorers) + 1) + 1:
+            console.print(f"{family}: test window", style="italic")
+            for k in keys:
+                values = (
+                    f"{s} {_metric(k, report.metrics[s].get(k, float('nan')))}" for s in scorers
+                )
+                console.print(f"  {k}: {', '.join(values)}", highlight=False)
+            continue
+        table = Table(title=f"{family}: test window")
+        table.add_column("metric", no_wrap=True, min_width=key_width)
+        for s, width in zip(scorers, widths, strict=True):
+            table.add_column(s, justify="right", no_wrap=True, min_width=width)
         for k in keys:
             table.add_row(k, *(_metric(k, report.metrics[s].get(k, float("nan"))) for s in scorers))
         console.print(table)

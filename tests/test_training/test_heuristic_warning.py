@@ -22,3 +22,32 @@ def test_a_model_at_or_above_its_heuristic_passes_quietly():
         "uplift": FamilyReport("uplift", {"model": {"qini": 0.0}, "heuristic": {"qini": 1.0}}),
     }
     assert losses_to_heuristic(reports) == []
+
+
+def test_a_narrow_terminal_keeps_every_number(monkeypatch):
+    """Issue #27: the purchase table came out empty of rows in a narrow terminal. Narrow, each
+    metric is a line with every scorer's number; wide, a table; both with the warning."""
+    import io
+
+    from rich.console import Console
+
+    from training import cli
+
+    reports = {
+        "purchase": FamilyReport(
+            "purchase",
+            {
+                "model": {"auc": 0.6132, "lift_top_decile": 1.4082, "rows": 2874.0},
+                "heuristic": {"auc": 0.6741, "lift_top_decile": 1.1892, "rows": 2874.0},
+            },
+        )
+    }
+    for width in (36, 120):
+        out = io.StringIO()
+        monkeypatch.setattr(cli, "console", Console(file=out, width=width, color_system=None))
+        cli._print_reports(reports)
+        text = out.getvalue()
+        for number in ("0.6132", "0.6741", "1.4082", "1.1892", "2,874"):
+            assert number in text, (width, text)
+        assert "warning: the purchase model is worse than its heuristic" in " ".join(text.split())
+        assert max(len(line) for line in text.splitlines()) <= width
