@@ -379,7 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     as_of = plan.decision_time()
     if as_of is None:
         as_of = pd.Timestamp(features.agg({AS_OF: "max"}).collect()[0][0], tz="UTC")
-    table, sol, jobs = run_campaign_spark(spark, policy, plan, features, as_of, text, say=print)
+    import uuid
+
+    run = uuid.uuid4().hex[:12]
+    table, sol, jobs = run_campaign_spark(
+        spark, policy, plan, features, as_of, text, run=run, say=print
+    )
     target = write_spark(table, Path(args.out))
     names = build_limits(plan, plan.offered(policy.catalogue)).names
     prices = ", ".join(f"{n} {p:.4f}" for n, p in zip(names, sol.prices, strict=True))
