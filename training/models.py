@@ -278,6 +278,9 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(codes, dtype=np.intp), np.array(list(distinct), dtype=object)
 
 
+DRIFT_CLIP = 1e-6  # probabilities kept off 0 and 1 before a drift shift of their log-odds
+
+
 def _calibrated(calibrator, raw: np.ndarray) -> np.ndarray:
     """One calibrator's probabilities. An isotonic calibrator (CalibratedClassifierCV clips
     out of bounds) is applied as `IsotonicRegression.predict` does, the same clip and the same
@@ -356,10 +359,43 @@ class CalibratedClassifier:
 
     def predict_proba(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
         """Calibrated probability of the positive class: CalibratedClassifierCV's own
-        computation for two classes (the calibrators' mean on the raw score), from the matrix."""
+        computation for two classes (the calibrators' mean on the raw score), from the matrix;
+        moved by the drift shift when `follow_drift` set one."""
         raw = self.model_.booster_.predict(self.encoder_.matrix(X), raw_score=True)
         fitted = self.calibrator_.calibrated_classifiers_
-        return np.mean([_calibrated(c.calibrators[0], raw) for c in fitted], axis=0)
+        p = np.mean([_calibrated(c.calibrators[0], raw) for c in fitted], axis=0)
+        shift = getattr(self, "drift_shift_", 0.0)  # bundles saved before it have none
+        if shift:
+            p = np.clip(p, DRIFT_CLIP, 1 - DRIFT_CLIP)
+            p = 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + shift)))
+        return p
+
+    def follow_drift(
+        self,
+        t: pd.Series,
+        y: np.ndarray,
+        t_cal: pd.Series,
+        y_cal: np.ndarray,
+        at: pd.Timestamp | None = None,
+    ) -> CalibratedClassifier:
+        """Calibrate to the base rate expected at time `at` (default: the end of the
+        calibration slice), not the calibration slice's average: the trend of the log-odds of
+        a positive label over time (a logistic regression of the training and calibration
+        labels on time) times the time from the calibration slice's mean to `at` is added to
+        every calibrated log-odds. For data whose base rate drifts (conversion rising over a
+        year); `drift_per_day_` and `drift_shift_` say how much."""
+        from sklearn.linear_model import LogisticRegression
+
+        times = pd.concat([pd.Series(t), pd.Series(t_cal)], ignore_index=True)
+        start = times.min()
+        days = ((times - start) / pd.Timedelta(days=1)).to_numpy(dtype=float)
+        labels = np.concatenate([np.asarray(y, dtype=int), np.asarray(y_cal, dtype=int)])
+        trend = LogisticRegression(C=1e6).fit(days.reshape(-1, 1), labels)
+        self.drift_per_day_ = float(trend.coef_[0, 0])
+        cal_days = days[len(t) :]
+        target = cal_days.max() if at is None else (at - start) / pd.Timedelta(days=1)
+        self.drift_shift_ = self.drift_per_day_ * float(target - cal_days.mean())
+        return self
 
     def contribution_matrix(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
         """LightGBM's SHAP values on the raw score (log-odds): a column per feature, then bias."""

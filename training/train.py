@@ -148,6 +148,8 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
         if _has_both_classes(trt[RESPONDED], cat[RESPONDED]):
             say("response model")
             response, response_choice = _fit_response(trt, cat, contact_cols, cfg)
+            if cfg.models.follow_drift:
+                _follow_drift(response, trt, cat)
         else:
             skipped["response"] = "no responses (or only responses) among the contacts"
         if _has_both_classes(tr[PURCHASED], ca[PURCHASED]) and (~tr[TREATED]).any():
@@ -177,6 +179,10 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
             purchase = CalibratedClassifier(params).fit(
                 tr[feats], tr[PURCHASED].to_numpy(), ca[feats], ca[PURCHASED].to_numpy()
             )
+            if cfg.models.follow_drift:
+                purchase.follow_drift(
+                    tr["as_of"], tr[PURCHASED].to_numpy(), ca["as_of"], ca[PURCHASED].to_numpy()
+                )
             buyers_tr, buyers_ca = tr[tr[PURCHASED]], ca[ca[PURCHASED]]
             if len(buyers_tr) >= 50 and len(buyers_ca) >= 10:
                 say("value model")
@@ -203,6 +209,20 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
         },
         response_choice=response_choice,
     )
+
+
+def _follow_drift(
+    response: CalibratedClassifier | dict[str, CalibratedClassifier],
+    train: pd.DataFrame,
+    cal: pd.DataFrame,
+) -> None:
+    """The response model(s) calibrated to the end of the calibration slice (per channel:
+    each channel's own trend)."""
+    models = response if isinstance(response, dict) else {None: response}
+    for channel, model in models.items():
+        tr = train if channel is None else train[train[CHANNEL] == channel]
+        ca = cal if channel is None else cal[cal[CHANNEL] == channel]
+        model.follow_drift(tr[TS], tr[RESPONDED].to_numpy(), ca[TS], ca[RESPONDED].to_numpy())
 
 
 def _fit_response(
