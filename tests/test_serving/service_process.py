@@ -34,6 +34,25 @@ def recommend(svc: ServiceProcess, key: str, k: int = 20) -> dict:
     return r.json()
 
 
+def random_events(rng, keys: list[str], kinds: list[tuple[str, str]], n: int) -> list[dict]:
+    """n fresh events now, each of a random (channel, event_type) of `kinds` for a random key
+    of `keys`; purchases with an amount."""
+    events = []
+    for _ in range(n):
+        channel, kind = kinds[rng.integers(len(kinds))]
+        e = {
+            "event_id": new_id(),
+            "ts": now_iso(),
+            "customer_key": keys[rng.integers(len(keys))],
+            "channel": channel,
+            "event_type": kind,
+        }
+        if kind == "purchase":
+            e["amount"] = float(rng.uniform(5, 200))
+        events.append(e)
+    return events
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
-from service_process import NBA, new_id, now_iso, recommend, start_service
+from service_process import NBA, new_id, now_iso, random_events, recommend, start_service
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig, OnlineStoreConfig
@@ -158,19 +158,7 @@ def test_a_replica_killed_loses_nothing_it_acknowledged(replicas, shared, email_
     victim = start_service(root, config=config)
     try:
         for svc in (victim, b, victim, a):
-            events = []
-            for _ in range(25):
-                channel, kind = kinds[rng.integers(len(kinds))]
-                e = {
-                    "event_id": new_id(),
-                    "ts": now_iso(),
-                    "customer_key": keys[rng.integers(len(keys))],
-                    "channel": channel,
-                    "event_type": kind,
-                }
-                if kind == "purchase":
-                    e["amount"] = float(rng.uniform(5, 200))
-                events.append(e)
+            events = random_events(rng, keys, kinds, 25)
             assert svc.post("/events", {"events": events}).json()["accepted"] == len(events)
             acknowledged += [e["event_id"] for e in events]
         victim.kill()

@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from service_process import new_id, now_iso, recommend, start_service
+from service_process import new_id, now_iso, random_events, recommend, start_service
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
@@ -212,19 +212,7 @@ def test_no_acknowledged_event_is_lost_when_the_service_is_killed(online_world, 
     for _round in range(2):
         svc = start_service(root)
         for _batch in range(5):
-            events = []
-            for _ in range(20):
-                channel, kind = kinds[rng.integers(len(kinds))]
-                e = {
-                    "event_id": new_id(),
-                    "ts": now_iso(),
-                    "customer_key": keys[rng.integers(len(keys))],
-                    "channel": channel,
-                    "event_type": kind,
-                }
-                if kind == "purchase":
-                    e["amount"] = float(rng.uniform(5, 200))
-                events.append(e)
+            events = random_events(rng, keys, kinds, 20)
             answer = svc.post("/events", {"events": events}).json()
             assert answer["accepted"] == len(events)
             acknowledged += [e["event_id"] for e in events]
