@@ -791,10 +791,30 @@ def _demo_calls(data: Path, url: str, token: str) -> None:
 
     console = features_cli.console
     con = open_store(DataDir(data))
-    key = con.execute(
-        "SELECT identifier FROM identity WHERE identifier LIKE 'email:%' ORDER BY identifier LIMIT 1"
-    ).fetchall()[0][0]
+    keys = [
+        r[0]
+        for r in con.execute(
+            "SELECT identifier FROM identity WHERE identifier LIKE 'email:%' "
+            "ORDER BY identifier LIMIT 100"
+        ).fetchall()
+    ]
     con.close()
+    # a customer whose best actions include an e-mail, so that revoking the consent shows;
+    # looked up in the 360 view, whose recommendation is a preview that records nothing
+    key = next(
+        (
+            k
+            for k in keys
+            if any(
+                a["channel"] == "email"
+                for a in httpx.get(f"{url}/customers/{k}", timeout=30)
+                .json()
+                .get("recommendation", {})
+                .get("actions", [])
+            )
+        ),
+        keys[0],
+    )
     body = {"customer": key, "channel": "web", "k": 3, "context": {"page": "/home"}}
     console.print(f"[bold]POST {url}/recommend[/bold] {json.dumps(body)}")
     first = httpx.post(f"{url}/recommend", json=body, timeout=30).json()
@@ -821,6 +841,11 @@ def _demo_calls(data: Path, url: str, token: str) -> None:
         f"{again['channel'] or '-'} (e-mail actions: "
         f"{[a['action_id'] for a in again['actions'] if a['channel'] == 'email'] or 'none'})"
     )
+    if first.get("outcome") == "contact":
+        console.print(
+            f"(the first answer's {first['action_id']} contact was recorded as its sent event "
+            f"before the answer, so it counts against the {first['channel']} caps now)"
+        )
 
 
 def _wait_ready(url: str, process, seconds: float = 180) -> None:
