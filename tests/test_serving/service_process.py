@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psutil
 
 NBA = str(Path(sys.executable).parent / "nba")
 
@@ -78,19 +80,37 @@ class ServiceProcess:
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=30)
 
+    def _workers(self) -> list[psutil.Process]:
+        """The processes the service started: BentoML's workers run in process groups of
+        their own, so a signal to the service's group does not reach them."""
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def _end_workers(self, workers: list[psutil.Process]) -> None:
+        for w in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.kill()
+        psutil.wait_procs(workers, timeout=30)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the whole service (its workers too) and wait for it."""
+        workers = self._workers()
         if self.process.poll() is None:
             os.killpg(self.process.pid, sig)
         self.process.wait(timeout=60)
+        self._end_workers(workers)
 
     def stop(self) -> None:
+        workers = self._workers()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._end_workers(workers)
 
 
 def start_service(
