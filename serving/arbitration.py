@@ -44,6 +44,26 @@ class ScoredActions:
     def uplift(self) -> np.ndarray:
         return self.p_treated - self.p_control
 
+    def chosen(self, j: np.ndarray, acted: np.ndarray) -> dict[str, np.ndarray]:
+        """The components of each customer's chosen action `j` (its column), as a decision
+        table records them: NaN (score and cost 0) where the customer gets nothing."""
+        rows = np.arange(len(j))
+
+        def at(matrix: np.ndarray) -> np.ndarray:
+            return np.where(acted, matrix[rows, j], np.nan)
+
+        return {
+            "score": np.where(acted, self.score[rows, j], 0.0),
+            "p_response": at(self.p_response),
+            "p_purchase_treated": at(self.p_treated),
+            "p_purchase_control": at(self.p_control),
+            "uplift": at(self.uplift),
+            "value": at(self.value),
+            "margin": np.where(acted, self.margin[j], np.nan),
+            "cost": np.where(acted, self.cost[j], 0.0),
+            "lever": np.where(acted, self.lever[j], np.nan),
+        }
+
 
 def candidate_frame(
     features: pd.DataFrame, columns: list[str], channel: str, action_id: str

@@ -139,9 +139,6 @@ def assignment_columns(
     ids = np.array([*s.action_ids, NOTHING], dtype=object)
     channels = np.array([*s.channels, ""], dtype=object)
 
-    def at(matrix: np.ndarray) -> np.ndarray:
-        return np.where(acted, matrix[rows, j], np.nan) if n else np.array([], dtype=float)
-
     fraction = np.array([campaign.holdout.of(a) for a in s.action_ids] + [0.0])
     f = fraction[choice]  # -1 -> nothing's 0.0
     u = holdout_uniforms(scores.customer_id, campaign.holdout.seed)
@@ -156,16 +153,8 @@ def assignment_columns(
         "campaign": np.full(n, campaign.name, dtype=object),
         "action_id": ids[choice],
         "channel": channels[choice],
-        "score": score,
+        **s.chosen(j, acted),
         "objective_score": np.where(acted, scores.objective[rows, j], 0.0) if n else score,
-        "p_response": at(s.p_response),
-        "p_purchase_treated": at(s.p_treated),
-        "p_purchase_control": at(s.p_control),
-        "uplift": at(s.uplift),
-        "value": at(s.value),
-        "margin": np.where(acted, s.margin[j], np.nan),
-        "cost": np.where(acted, s.cost[j], 0.0),
-        "lever": np.where(acted, s.lever[j], np.nan),
         "send_hour": np.where(acted, scores.send_hour[rows, j], -1) if n else np.array([], int),
         "holdout": holdout,
         "propensity": np.ones(n),  # the assignment itself is deterministic

@@ -261,9 +261,6 @@ class DecisionPolicy:
         ids = np.array([NOTHING, *s.action_ids], dtype=object)
         channels = np.array(["", *s.channels], dtype=object)
 
-        def at(matrix: np.ndarray) -> np.ndarray:
-            return np.where(acted, matrix[rows, j], np.nan)
-
         holdout = acted & (rng.random(n) < self.cfg.exploration.holdout_share)
         p = probs[rows, picked]
         h = self.cfg.exploration.holdout_share
@@ -288,15 +285,7 @@ class DecisionPolicy:
                 AS_OF: as_of_col,
                 "action_id": ids[picked],
                 "channel": channels[picked],
-                "score": np.where(acted, s.score[rows, j], 0.0),
-                "p_response": at(s.p_response),
-                "p_purchase_treated": at(s.p_treated),
-                "p_purchase_control": at(s.p_control),
-                "uplift": at(s.uplift),
-                "value": at(s.value),
-                "margin": np.where(acted, s.margin[j], np.nan),
-                "cost": np.where(acted, s.cost[j], 0.0),
-                "lever": np.where(acted, s.lever[j], np.nan),
+                **s.chosen(j, acted),
                 "send_hour": np.where(acted, hours[rows, j], -1),
                 "propensity": p,
                 "logged_as": np.where(acted, np.where(holdout, HOLDOUT, SENT), ""),

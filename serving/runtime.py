@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import DataConfig, load_data_config, load_online_store_config, load_section
-from features.contract import CUSTOMER_ID, DataDir
+from features.contract import CUSTOMER_ID, KEY_SEPARATOR, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.online_store import (
     CONFLICT,
@@ -219,7 +219,7 @@ class ServingRuntime:
         ids = self.store.identifiers(customer.customer_id) if customer.known else []
         if ids:
             return ids[0]
-        return customer.key if ":" in customer.key else None
+        return customer.key if KEY_SEPARATOR in customer.key else None
 
     def _record(self, rec: Recommendation, event_type: str, conditional: bool) -> bool:
         """Log the decision's `sent` or `holdout` event (event_id = decision id). Conditional:

@@ -55,6 +55,20 @@ def random_events(rng, keys: list[str], kinds: list[tuple[str, str]], n: int) ->
     return events
 
 
+def assert_same_features(online, batch, names: list[str]) -> None:
+    """Online features equal the batch recomputation's, column by column (float tolerance)."""
+    import numpy as np
+
+    for name in names:
+        np.testing.assert_allclose(
+            online[name].to_numpy(dtype=float),
+            batch[name].to_numpy(dtype=float),
+            rtol=1e-6,
+            atol=1e-6,
+            err_msg=name,
+        )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
-from service_process import NBA, new_id, now_iso, random_events, recommend, start_service
+from service_process import (
+    NBA,
+    assert_same_features,
+    new_id,
+    now_iso,
+    random_events,
+    recommend,
+    start_service,
+)
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig, OnlineStoreConfig
@@ -185,14 +193,7 @@ def test_a_replica_killed_loses_nothing_it_acknowledged(replicas, shared, email_
     query = pd.DataFrame({CUSTOMER_ID: touched, AS_OF: [t] * len(touched)})
     batch = BatchEngine(FS, con, customers="customers").at(query).reset_index(drop=True)
     con.close()
-    for name in FS.names:
-        np.testing.assert_allclose(
-            online[name].to_numpy(dtype=float),
-            batch[name].to_numpy(dtype=float),
-            rtol=1e-6,
-            atol=1e-6,
-            err_msg=name,
-        )
+    assert_same_features(online, batch, FS.names)
 
 
 def test_the_service_refuses_a_redis_it_cannot_reach(shared, tmp_path):

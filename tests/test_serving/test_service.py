@@ -12,7 +12,14 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from service_process import new_id, now_iso, random_events, recommend, start_service
+from service_process import (
+    assert_same_features,
+    new_id,
+    now_iso,
+    random_events,
+    recommend,
+    start_service,
+)
 
 from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
@@ -237,18 +244,7 @@ def test_no_acknowledged_event_is_lost_when_the_service_is_killed(online_world, 
     query = pd.DataFrame({CUSTOMER_ID: touched, AS_OF: [t] * len(touched)})
     batch = engine.at(query)
     con.close()
-    _assert_same_features(online, batch.reset_index(drop=True), FS.names)
-
-
-def _assert_same_features(online: pd.DataFrame, batch: pd.DataFrame, names: list[str]) -> None:
-    for name in names:
-        np.testing.assert_allclose(
-            online[name].to_numpy(dtype=float),
-            batch[name].to_numpy(dtype=float),
-            rtol=1e-6,
-            atol=1e-6,
-            err_msg=name,
-        )
+    assert_same_features(online, batch.reset_index(drop=True), FS.names)
 
 
 def test_the_service_refuses_to_start_without_what_it_needs(tmp_path, online_world):
