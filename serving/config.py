@@ -177,3 +177,32 @@ class ServiceConfig(Strict):
 
 def load_service_config(path: Path | None = None) -> ServiceConfig:
     return load_section(path, "service", ServiceConfig)
+
+
+class MaturityConfig(Strict):
+    """The `maturity` section: how `nba maturity` values consents and recognition."""
+
+    decisions_per_year: float = Field(
+        default=52.0,
+        gt=0,
+        description="Decisions a customer gets in a year, each worth what the current one is: "
+        "turns the expected incremental profit of one decision into a yearly figure (52: a "
+        "weekly run, the default contact caps' 7-day window).",
+    )
+    match_columns: list[str] | None = Field(
+        default=None,
+        description="Columns of the customers table whose equal values (all present) merge "
+        "customers in the re-resolution that estimates what recognition is worth; None: every "
+        "profile column.",
+    )
+    recognition_sample: int = Field(
+        default=2000,
+        ge=10,
+        description="Linked customers per identifier type split apart to measure what linking "
+        "a fragment of that type is worth (for fragments without customer-table attributes).",
+    )
+    seed: int = Field(default=0, description="Seed of the samples and of the policy's draws.")
+
+
+def load_maturity_config(path: Path | None = None) -> MaturityConfig:
+    return load_section(path, "maturity", MaturityConfig)
