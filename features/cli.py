@@ -92,6 +92,7 @@ def validate(data: DataOption, config: ConfigOption = None, now: NowOption = Non
     """Validate the events (and customers) of a data directory; quarantine rejected rows."""
     import duckdb
 
+    from features.tombstones import Tombstones
     from features.validation import (
         rejection_hints,
         validate_customers,
@@ -102,7 +103,9 @@ def validate(data: DataOption, config: ConfigOption = None, now: NowOption = Non
     cfg = load_data_config(config)
     data_dir = DataDir(data)
     con = duckdb.connect()
-    events = validate_events(data_dir.events(), cfg, con, now=now)
+    events = validate_events(
+        data_dir.events(), cfg, con, now=now, tombstones=Tombstones.load(data_dir)
+    )
     customers = validate_customers(data_dir.customers(), cfg, con) if data_dir.customers() else None
     paths = write_quarantine(data_dir, con, events, customers)
     _print_validation("events", events.report)

@@ -64,6 +64,7 @@ from features.identity import (
     customer_id_sql,
     resolve_identities,
 )
+from features.tombstones import Tombstones
 from features.validation import (
     CUSTOMER_KEY_CHECKED,
     FILE_ORDER,
@@ -282,7 +283,7 @@ def ingest(
         limit = memory_limit or _default_memory_limit()
         if limit:
             con.execute(f"SET memory_limit = {_lit(limit)}")
-        events = validate_events(dd.events(), config, con, now=now)
+        events = validate_events(dd.events(), config, con, now=now, tombstones=Tombstones.load(dd))
         customer_files = dd.customers()
         customers = validate_customers(customer_files, config, con) if customer_files else None
         write_quarantine(dd, con, events, customers)

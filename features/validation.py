@@ -44,6 +44,8 @@ from features.contract import (
     DataDir,
 )
 from features.errors import UserError
+from features.privacy import Pseudonymiser, missing_secret_message
+from features.tombstones import ERASED, Tombstones
 
 # rejection reasons, in priority order: a row's `reason` is the first that applies
 MISSING_EVENT_ID = "missing_event_id"
@@ -75,6 +77,7 @@ EVENT_REASONS = [
     NEGATIVE_AMOUNT,
     NON_NUMERIC_PROPENSITY,
     PROPENSITY_OUT_OF_RANGE,
+    ERASED,  # an erased person's identifier, without a new consent (features/tombstones.py)
     DUPLICATE,
 ]
 CUSTOMER_REASONS = [EMPTY_CUSTOMER_KEY, MALFORMED_CUSTOMER_KEY, DUPLICATE]
@@ -196,6 +199,7 @@ class _Source:
     types: dict[str, str]
     order: str
     row: str
+    file: str  # SQL text of the row's file name
 
 
 def _prepare(
@@ -239,7 +243,7 @@ def _prepare(
         if kind == "csv":
             # the streaming row_number() OVER () keeps the scan order (preserve_insertion_order)
             rel = f"(SELECT *, row_number() OVER () AS {ROW} FROM {reader}) r"
-            sources.append(_Source("csv", rel, types, str(order), f"r.{ROW}"))
+            sources.append(_Source("csv", rel, types, str(order), f"r.{ROW}", _lit(str(f))))
     if parquet:
         plist = "[" + ", ".join(_lit(str(files[i])) for i in parquet) + "]"
         reader = f"read_parquet({plist}, union_by_name = true"
@@ -247,7 +251,15 @@ def _prepare(
         reader += ", file_row_number = true)"
         rel = f"{reader} r JOIN _nba_files_{table} f ON f.parquet_index = r.file_index"
         sources.insert(
-            0, _Source("parquet", rel, types, f"f.{FILE_ORDER}", "r.file_row_number + 1")
+            0,
+            _Source(
+                "parquet",
+                rel,
+                types,
+                f"f.{FILE_ORDER}",
+                "r.file_row_number + 1",
+                f"f.{SOURCE_FILE}",
+            ),
         )
     return sources
 
@@ -312,15 +324,22 @@ def _key_ok(col: str, identifier_types: list[str]) -> str:
     return f"regexp_full_match({col}, {_lit(pattern)})"
 
 
-def _event_source(source: _Source) -> str:
-    """One source normalised to fixed types: strings as text, ts/amount/propensity as both
-    the original text (only when the file holds text) and the parsed value."""
+def _where(source: _Source) -> str:
+    """SQL text naming a row's file and row, for errors raised inside a query."""
+    return f"({source.file} || ' row ' || CAST({source.row} AS VARCHAR))"
+
+
+def _event_source(source: _Source, privacy: Pseudonymiser) -> str:
+    """One source normalised to fixed types: strings as text (clear personal identifiers
+    hashed), ts/amount/propensity as both the original text (only when the file holds text)
+    and the parsed value."""
     types = source.types
     cols = []
     for c in _STRING_EVENT_COLUMNS:
-        cols.append(
-            f"CAST(r.{_q(c)} AS VARCHAR) AS {_q(c)}" if c in types else f"NULL::VARCHAR AS {_q(c)}"
-        )
+        text = f"CAST(r.{_q(c)} AS VARCHAR)"
+        if c in (CUSTOMER_KEY, LINK_KEY):
+            text = privacy.key_sql(text, _where(source))
+        cols.append(f"{text} AS {_q(c)}" if c in types else f"NULL::VARCHAR AS {_q(c)}")
 
     def parsed(c: str, target: str, native: re.Pattern[str]) -> None:
         t = types.get(c)
@@ -423,7 +442,12 @@ def _create(con: duckdb.DuckDBPyConnection, sql: str, table: str) -> None:
     """Run the statement that reads the files; a CSV structure error names file and line."""
     try:
         con.execute(sql)
-    except duckdb.InvalidInputException as exc:
+    except duckdb.Error as exc:
+        secret = missing_secret_message(exc)
+        if secret is not None:
+            raise UserError(secret) from exc
+        if not isinstance(exc, duckdb.InvalidInputException):
+            raise
         raise UserError(f"cannot read the {table} files: {exc}") from exc
 
 
@@ -438,16 +462,20 @@ def validate_events(
     config: DataConfig,
     con: duckdb.DuckDBPyConnection,
     now: datetime | None = None,
+    tombstones: Tombstones | None = None,
 ) -> ValidationResult:
     """Validate the events files; leave views `accepted_events` and `rejected_events` on `con`.
 
     `now` (default: the current UTC time; a naive value is UTC) bounds `future_timestamp`.
+    Clear personal identifiers are hashed with NBA_PII_SECRET (features/privacy.py; without
+    it they are an error); an erased identifier's events are `erased` (`tombstones`).
     Sets the session TimeZone to UTC. Raises ValueError naming the file and column when a
     required column is missing.
     """
     files = [Path(f) for f in files]
     sources = _prepare(con, files, "events", REQUIRED_EVENT_COLUMNS)
-    union = " UNION ALL BY NAME ".join(_event_source(s) for s in sources)
+    privacy = Pseudonymiser.from_env(config.identity.personal_types)
+    union = " UNION ALL BY NAME ".join(_event_source(s, privacy) for s in sources)
     checks = _event_checks(config, _now(now))
     judged = _judged_sql(union, _fails_sql(checks))
     # the *_text columns hold original text only where a file held text (CSV), so rejected
@@ -463,6 +491,8 @@ def validate_events(
         """,
         "events",
     )
+    if tombstones:
+        tombstones.mark_sql(con, CHECKED_EVENTS, REASON, REASONS)
     _mark_duplicates(con, CHECKED_EVENTS, EVENT_ID)
 
     def blank_null(c: str) -> str:
@@ -553,12 +583,18 @@ def validate_customers(
     their values over the whole file (CSV, see `_profile_columns`)."""
     files = [Path(f) for f in files]
     sources = _prepare(con, files, "customers", [CUSTOMERS_KEY])
+    privacy = Pseudonymiser.from_env(config.identity.personal_types)
+    key_col = f"r.{_q(CUSTOMERS_KEY)}"
     selects = []
     for src in sources:
         if src.kind == "csv":
             cols = _profile_columns(con, src)
         else:  # parquet: its own types
             cols = [f"r.{_q(c)}" for c in src.types]
+        # the key hashed like the events' keys, so the customers join their events
+        where = _where(src)
+        hashed_key = privacy.key_sql(f"CAST({key_col} AS VARCHAR)", where)
+        cols = [f"{hashed_key} AS {_q(CUSTOMERS_KEY)}" if c == key_col else c for c in cols]
         selects.append(
             f"SELECT {', '.join(cols)}, CAST({src.order} AS INTEGER) AS {FILE_ORDER}, "
             f"CAST({src.row} AS BIGINT) AS {ROW} FROM {src.relation}"
