@@ -560,6 +560,12 @@ class OnlineStoreBase(ABC):
         it is then rejected too). Returns the ids dropped."""
 
     @abstractmethod
+    def forget_customer(self, customer_id: str, identifiers: Sequence[str] = ()) -> int:
+        """Erase one person: their state, profile, identity entries (theirs and `identifiers`)
+        and logged events, in one transaction, leaving no copy behind; returns the logged
+        events removed (the right to erasure, serving/erasure.py)."""
+
+    @abstractmethod
     def _replacing(self) -> AbstractContextManager[_Replace]:
         """A materialisation's writer: everything but the event log cleared on entry, the new
         content written through it, complete on a normal exit."""
@@ -1330,6 +1336,46 @@ class OnlineStore(OnlineStoreBase):
                 con.execute("ROLLBACK")
                 raise
         return dropped
+
+    def forget_customer(self, customer_id: str, identifiers: Sequence[str] = ()) -> int:
+        with self._lock:
+            con = self._con
+            # deleted rows are overwritten with zeros, not left in free pages
+            con.execute("PRAGMA secure_delete = ON")
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                idents = sorted(set(self.identifiers(customer_id)) | set(identifiers))
+                keys = json.dumps(idents)
+                where = (
+                    "customer_id = ? OR customer_key IN (SELECT value FROM json_each(?)) "
+                    "OR link_key IN (SELECT value FROM json_each(?))"
+                )
+                ids = [
+                    r[0]
+                    for r in con.execute(
+                        f"SELECT event_id FROM event_log WHERE {where}", (customer_id, keys, keys)
+                    )
+                ]
+                con.execute(f"DELETE FROM event_log WHERE {where}", (customer_id, keys, keys))
+                con.execute(
+                    "DELETE FROM applied WHERE event_id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(ids),),
+                )
+                con.execute(
+                    "DELETE FROM identity WHERE customer_id = ? "
+                    "OR identifier IN (SELECT value FROM json_each(?))",
+                    (customer_id, keys),
+                )
+                for table in ("state", "profile"):
+                    con.execute(f"DELETE FROM {table} WHERE customer_id = ?", (customer_id,))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.execute("PRAGMA secure_delete = OFF")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(ids)
 
     # ------------------------------------------------------------------ materialisation
 

@@ -453,6 +453,34 @@ class RedisOnlineStore(OnlineStoreBase):
                 except redis.WatchError:
                     continue
 
+    def forget_customer(self, customer_id: str, identifiers: Sequence[str] = ()) -> int:
+        logc = f"{self.ns}:logc:{customer_id}"
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._k_ids(customer_id), logc)
+                    members = pipe.zrange(logc, 0, -1)
+                    idents = {m.decode() for m in pipe.smembers(self._k_ids(customer_id))}
+                    idents |= set(identifiers)
+                    events = [str(_log_row(m)[1]) for m in members]
+                    pipe.multi()
+                    pipe.unlink(
+                        self._k_state(customer_id),
+                        self._k_profile(customer_id),
+                        self._k_ids(customer_id),
+                        logc,
+                        *[self._k_id(i) for i in idents],
+                        *[self._k_event(e) for e in events],
+                    )
+                    if members:
+                        pipe.zrem(f"{self.ns}:log", *members)
+                    if events:
+                        pipe.zrem(f"{self.ns}:applied", *events)
+                    pipe.execute()
+                    return len(members)
+                except redis.WatchError:
+                    continue
+
     # ------------------------------------------------------------------ materialisation
 
     @contextmanager

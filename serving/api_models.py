@@ -114,6 +114,17 @@ class EventsResponse(Closed):
     results: list[EventResult]
 
 
+class ForgetResponse(Closed):
+    """What POST /forget erased: counts only, nothing personal (serving/erasure.py)."""
+
+    erased_at: str
+    identifiers: int
+    customers: int
+    rows_removed: int  # from the data directory's files (inputs, store, quarantine, logs)
+    online_events: int
+    input_examples: int
+
+
 class ScoreDecision(Closed):
     decision_id: str
     customer: CustomerRef

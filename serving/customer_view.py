@@ -83,6 +83,7 @@ class CustomerViews:
         self.probe_actions = [first[c] for c in self.probe_channels]
 
     def view(self, key: str, timeline: int = 20) -> Customer360:
+        key = self.runtime.lookup_key(key)  # a clear e-mail or phone: its hash
         decider = self.runtime.decider
         customer = decider.customer(key)
         if not customer.known:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -135,6 +137,16 @@ class RealtimeDecisionLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        """The log closed and held: no decision is written until the block ends (an erasure
+        rewrites its files meanwhile; the next decision opens the new file)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            yield
 
 
 def read_realtime_decisions(data_dir: DataDir) -> pd.DataFrame:

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.config import DataConfig, load_data_config, load_online_store_config, load_section
+from features.config import (
+    DataConfig,
+    OnlineStoreConfig,
+    load_data_config,
+    load_online_store_config,
+    load_section,
+)
 from features.contract import CUSTOMER_ID, KEY_SEPARATOR, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.online_store import (
@@ -27,6 +33,7 @@ from features.online_store import (
     online_store_location,
     open_online_store,
 )
+from features.privacy import MissingSecret
 from features.redis_online_store import OnlineStoreUnavailable
 from serving.api_models import (
     Components,
@@ -42,6 +49,7 @@ from serving.api_models import (
 from serving.catalogue import NOTHING
 from serving.config import ServiceConfig, load_policy_config, load_service_config
 from serving.decision_log import RealtimeDecisionLog
+from serving.erasure import ErasureReport, PrivacyGate, forget
 from serving.policy import HOLDOUT, SENT, DecisionPolicy, load_policy
 from serving.realtime import Customer, FeatureListMismatch, RealtimeDecider, Recommendation
 
@@ -78,6 +86,8 @@ class ServingRuntime:
     decider: RealtimeDecider
     decisions: RealtimeDecisionLog
     token: str | None
+    gate: PrivacyGate  # clear identifiers hashed, erased ones turned away (serving/erasure.py)
+    online: OnlineStoreConfig | None = None
 
     @classmethod
     def open(
@@ -134,7 +144,12 @@ class ServingRuntime:
             decider = RealtimeDecider(policy, store)
         except FeatureListMismatch as exc:
             raise StartupError(str(exc)) from exc
-        return cls(dd, data, service, policy, store, decider, RealtimeDecisionLog(dd), token)
+        try:
+            gate = PrivacyGate(dd, data)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        log = RealtimeDecisionLog(dd)
+        return cls(dd, data, service, policy, store, decider, log, token, gate, online)
 
     def close(self) -> None:
         self.decisions.close()
@@ -162,6 +177,7 @@ class ServingRuntime:
         answer (`service.reserve_contacts`, or `reserve`), only on the state it was decided on;
         a held-out decision logs its `holdout` event. `reserve=False` previews (the 360 view)."""
         self.check_channel(channel)
+        customer = self.lookup_key(customer)
         reserve = self.service.reserve_contacts if reserve is None else reserve
         for _ in range(RESERVE_ATTEMPTS):
             rec = self.decider.recommend(customer, channel, k=k, explain=explain, context=context)
@@ -250,10 +266,29 @@ class ServingRuntime:
 
     # ------------------------------------------------------------------ events
 
+    def lookup_key(self, key: str) -> str:
+        """A customer key as the stores hold it: a clear e-mail or phone hashed."""
+        try:
+            return self.gate.key(key)
+        except MissingSecret as exc:
+            raise RequestError("customer", str(exc)) from exc
+
+    def forget(self, key: str) -> ErasureReport:
+        """Erase the person known by `key` everywhere (serving/erasure.py); the decision log
+        is closed and held meanwhile, so no decision is written into a file being rewritten."""
+        with self.decisions.closed():
+            return forget(self.data_dir, key, self.data, self.store, self.online)
+
     def events(self, events: list[EventIn]) -> EventsResponse:
         records = [e.model_dump(exclude_none=True) for e in events]
-        report = self.store.apply_records(records, log=True)
-        reasons = dict(report.rejected_rows)
+        # clear identifiers hashed in place; an erased person's events turned away
+        screened = self.gate.screen(records, self.store)
+        kept = [i for i in range(len(records)) if i not in screened]
+        report = self.store.apply_records([records[i] for i in kept], log=True)
+        reasons = {kept[j]: r for j, r in report.rejected_rows} | screened
+        by_reason = dict(report.by_reason)
+        for r in screened.values():
+            by_reason[r] = by_reason.get(r, 0) + 1
         results = [
             EventResult(
                 index=i,
@@ -264,10 +299,10 @@ class ServingRuntime:
             for i, r in enumerate(records)
         ]
         return EventsResponse(
-            received=report.received,
+            received=len(records),
             accepted=report.applied,
-            rejected=report.n_rejected,
-            by_reason=report.by_reason,
+            rejected=report.n_rejected + len(screened),
+            by_reason=by_reason,
             results=results,
         )
 

@@ -25,6 +25,7 @@ from serving.api_models import (
     Customer360,
     EventIn,
     EventsResponse,
+    ForgetResponse,
     RecommendResponse,
     ScoreResponse,
 )
@@ -36,7 +37,7 @@ from serving.runtime import TOKEN_VARIABLE, RequestError, ServingRuntime
 
 DATA_VARIABLE = "NBA_DATA"
 CONFIG_VARIABLE = "NBA_CONFIG"
-WRITE_PATHS = ("/events",)
+WRITE_PATHS = ("/events", "/forget")
 READ_PATHS = ("/recommend", "/score", "/customers")
 AGENT_PAGE = Path(__file__).with_name("agent_page") / "index.html"
 
@@ -157,6 +158,34 @@ class NextBestAction:
         """Accept a batch of events: each accepted one is durable and applied online before
         the answer; each rejected one is named with its reason. Re-sending changes nothing."""
         return self.runtime.events(events)
+
+    @bentoml.api(route="/forget")
+    def forget(
+        self,
+        identifier: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=500,
+                description="Any identifier of the person (`type:value`, clear or hashed) or "
+                "their customer_id.",
+            ),
+        ],
+    ) -> ForgetResponse:
+        """Erase the person and all their linked identifiers from every store (the right to
+        erasure); later events of theirs are rejected as `erased` until they consent again."""
+        try:
+            report = self.runtime.forget(identifier)
+        except ValueError as exc:  # UserError: nobody known by that key, or a clear one
+            return _refusal(RequestError("identifier", str(exc), status=404))
+        return ForgetResponse(
+            erased_at=report.at,
+            identifiers=report.identifiers,
+            customers=report.customers,
+            rows_removed=sum(report.rows_removed.values()),
+            online_events=report.online_events,
+            input_examples=report.input_examples,
+        )
 
     @bentoml.api(route="/score")
     def score(
