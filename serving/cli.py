@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from features import cli as features_cli
-from serving import audit_cli, erasure_cli
+from serving import audit_cli, erasure_cli, maturity_cli
 from serving.cli_errors import NbaGroup
 from training import cli as training_cli
 
@@ -51,6 +51,7 @@ app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
 app.command("audit")(audit_cli.audit)
 app.command("forget")(erasure_cli.forget)
+app.command("maturity")(maturity_cli.maturity)
 
 
 def _policy_inputs(data: Path, config: Path | None, alias: str, strict: bool = False):
