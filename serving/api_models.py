@@ -87,15 +87,20 @@ class RecommendResponse(Closed):
 class EventIn(Closed):
     """One contract event; field values are checked by the ingest's validation, row by row."""
 
-    event_id: str | None = Field(default=None, description="Idempotency key.")
-    ts: str | None = Field(default=None, description="When it happened, ISO 8601 (UTC if naive).")
-    customer_key: str | None = Field(default=None, description="`type:value` identifier.")
-    link_key: str | None = None
-    channel: str | None = None
-    event_type: str | None = None
-    action_id: str | None = None
+    # lengths bounded like /recommend's customer: a megabyte identifier is an attack, not a key
+    event_id: str | None = Field(default=None, max_length=200, description="Idempotency key.")
+    ts: str | None = Field(
+        default=None, max_length=64, description="When it happened, ISO 8601 (UTC if naive)."
+    )
+    customer_key: str | None = Field(
+        default=None, max_length=500, description="`type:value` identifier."
+    )
+    link_key: str | None = Field(default=None, max_length=500)
+    channel: str | None = Field(default=None, max_length=100)
+    event_type: str | None = Field(default=None, max_length=100)
+    action_id: str | None = Field(default=None, max_length=200)
     amount: float | None = None
-    category: str | None = None
+    category: str | None = Field(default=None, max_length=200)
     propensity: float | None = None
 
 
