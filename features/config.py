@@ -220,6 +220,46 @@ class ConfigError(UserError):
     """The configuration file is missing, unreadable or names settings wrongly."""
 
 
+# the configuration file's sections; any other top-level key is a mistake (a typo such as
+# `featurs:` would otherwise leave every setting of the section silently at its default)
+SECTIONS = ("data", "features", "training", "policy", "online_store", "service", "maturity")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(path: Path) -> Any:
+    """The YAML document of a file, strictly: UTF-8 (a byte-order mark allowed), each key once
+    per mapping. A ConfigError names the file and what is wrong, in one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a YAML file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): save "
+            "it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        said = " ".join(str(exc).replace('in "<unicode string>", ', "").split())
+        raise ConfigError(f"{path}: not valid YAML: {said}") from None
+
+
 def read_yaml(path: Path | None) -> dict[str, Any]:
     """The raw configuration mapping of a YAML file; empty when no file is given."""
     if path is None:
@@ -227,12 +267,14 @@ def read_yaml(path: Path | None) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"configuration file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    loaded = load_yaml_text(path) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    unknown = [str(k) for k in loaded if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})"
+        )
     return loaded
 
 
