@@ -2,7 +2,8 @@
 
 Per customer: the probability of a purchase within the bundle's purchase horizon, the expected
 spend if they buy and the expected value (their product), P(response) to a contact on each
-outbound channel, and the uplift of each action, where the bundle has the model for it. The
+outbound channel, the uplift of each action, and BG/NBD's expected purchases over the horizon
+and P(alive), where the bundle has the model for it. The
 scores are the bundle's own models on the point-in-time features, the same numbers a decision
 reads; no catalogue rule, consent or cap is applied (that is `nba decide`).
 """
@@ -70,6 +71,10 @@ def predict_chunk(
     out["p_purchase"] = p
     out["spend_if_purchase"] = spend
     out["expected_value"] = p * spend
+    base = getattr(bundle.purchase, "base", None)  # BG/NBD, where the purchase model reads it
+    if base is not None:
+        out["expected_purchases"] = base.expected_purchases(features)
+        out["p_alive"] = base.p_alive(features)
     if bundle.response is not None:
         for channel, action in zip(channels, probe_actions(catalogue, channels), strict=True):
             probe = features.assign(**{CHANNEL_FEATURE: channel, ACTION_FEATURE: action})

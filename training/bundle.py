@@ -36,6 +36,7 @@ MODEL_PACKAGES = (
     "pandas",
     "numpy",
     "scipy",
+    "lifetimes",
     "cloudpickle",
     "mlflow",
 )

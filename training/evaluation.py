@@ -2,7 +2,8 @@
 
 Heuristics are the strongest simple rules a marketer already has: for a channel, the customer's
 smoothed past response rate on it; for purchase, a recency-frequency score (the 90-day decayed
-purchase count); for value, the customer's past mean order value. Heuristic scores are turned
+purchase count), and beside it recency alone and BG/NBD's expected purchases over the horizon
+(training/customer_base.py); for value, the customer's past mean order value. Heuristic scores are turned
 into probabilities by isotonic calibration on the same calibration slice the models use, so
 log loss and calibration compare like with like.
 """
@@ -25,6 +26,7 @@ from training.metrics import classification_metrics, uplift_metrics
 from training.oracle import Truth, contact_oracle, purchase_oracle
 
 RF_SCORE = "all_purchase_decayed_90d"
+RECENCY = "all_purchase_days_since"
 VALUE_HEURISTIC = "monetary_mean"
 
 
@@ -202,6 +204,14 @@ def evaluate_purchase(
     cal = split.calibration
     p_heur = _calibrated_heuristic(cal[RF_SCORE], cal[PURCHASED], test[RF_SCORE])
     scorers = {"model": p_model, "heuristic": p_heur}
+    # recency alone (fewer days since the last purchase ranks higher; never bought is last)
+    recency_cal, recency_test = (-f[RECENCY].fillna(1e9) for f in (cal, test))
+    scorers["recency"] = _calibrated_heuristic(recency_cal, cal[PURCHASED], recency_test)
+    base = getattr(bundle.purchase, "base", None)
+    if base is not None:  # BG/NBD's expected purchases over the horizon, calibrated likewise
+        scorers["bgnbd"] = _calibrated_heuristic(
+            base.expected_purchases(cal), cal[PURCHASED], base.expected_purchases(test)
+        )
     if truth is not None:
         oracle = np.full(len(test), np.nan)
         for as_of in test["as_of"].unique():
@@ -254,7 +264,7 @@ def evaluate_value(bundle: ModelBundle, split: Split) -> FamilyReport | None:
 def _add_oracle_ratio(metrics: dict[str, dict[str, float]]) -> None:
     if "oracle" in metrics:
         oracle_auc = metrics["oracle"]["auc"]
-        for name in ("model", "heuristic"):
+        for name in metrics.keys() - {"oracle"}:
             metrics[name]["auc_vs_oracle"] = metrics[name]["auc"] / oracle_auc
 
 
@@ -263,18 +273,23 @@ HEAD_TO_HEAD = {"response": ("auc", True), "purchase": ("auc", True), "value": (
 
 
 def losses_to_heuristic(reports: dict[str, FamilyReport]) -> list[str]:
-    """The families whose model does worse than its own heuristic on the test window, in
-    words: a model that cannot beat a rule of thumb must say so, not pass silently."""
+    """The families whose model does worse than one of its baselines (the heuristic, and for
+    purchase recency alone and BG/NBD) on the test window, in words: a model that cannot beat
+    a rule of thumb or a textbook model must say so, not pass silently."""
     found = []
     for family, report in reports.items():
         metric, higher = HEAD_TO_HEAD.get(family, (None, True))
         model = report.metrics.get("model", {}).get(metric, float("nan"))
-        rule = report.metrics.get("heuristic", {}).get(metric, float("nan"))
-        if model == model and rule == rule and (model < rule if higher else model > rule):
-            found.append(
-                f"the {family} model is worse than its heuristic on the test window "
-                f"({metric} {model:.4f} vs {rule:.4f})"
-            )
+        for name, values in report.metrics.items():
+            if name in ("model", "oracle"):
+                continue
+            rule = values.get(metric, float("nan"))
+            if model == model and rule == rule and (model < rule if higher else model > rule):
+                what = "its heuristic" if name == "heuristic" else f"the {name} baseline"
+                found.append(
+                    f"the {family} model is worse than {what} on the test window "
+                    f"({metric} {model:.4f} vs {rule:.4f})"
+                )
     return found
 
 

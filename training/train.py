@@ -28,6 +28,7 @@ from features.errors import UserError
 from training import registry
 from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle, pip_requirements
 from training.config import TrainingConfig
+from training.customer_base import CustomerBase, WithCustomerBase
 from training.datasets import (
     MIN_SNAPSHOTS,
     PURCHASED,
@@ -176,9 +177,8 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
         tr, ca = td.snapshots.train, td.snapshots.calibration
         if _has_both_classes(tr[PURCHASED], ca[PURCHASED]):
             say("purchase propensity model")
-            purchase = CalibratedClassifier(params).fit(
-                tr[feats], tr[PURCHASED].to_numpy(), ca[feats], ca[PURCHASED].to_numpy()
-            )
+            purchase = _purchase_model(tr, cfg)
+            purchase.fit(tr[feats], tr[PURCHASED].to_numpy(), ca[feats], ca[PURCHASED].to_numpy())
             if cfg.models.follow_drift:
                 purchase.follow_drift(
                     tr["as_of"], tr[PURCHASED].to_numpy(), ca["as_of"], ca[PURCHASED].to_numpy()
@@ -209,6 +209,16 @@ def fit_bundle(td: TrainingData, cfg: TrainingConfig, say: Progress = print) -> 
         },
         response_choice=response_choice,
     )
+
+
+def _purchase_model(train: pd.DataFrame, cfg: TrainingConfig):
+    """The purchase classifier, reading BG/NBD's expected purchases and P(alive) when
+    `models.customer_base` is on and the training snapshots let BG/NBD be fitted."""
+    model = CalibratedClassifier(cfg.models.params)
+    if not cfg.models.customer_base:
+        return model
+    base = CustomerBase.fit(train, cfg.labels.purchase_horizon_days)
+    return model if base is None else WithCustomerBase(base, model)
 
 
 def _follow_drift(

@@ -82,6 +82,7 @@ def test_a_purchase_log_goes_through_with_only_a_configuration_file(shop, tmp_pa
     auc = next(line for line in evaluate.stdout.splitlines() if line.strip("│ ").startswith("auc"))
     model_auc, heuristic_auc = (float(x) for x in auc.replace("│", " ").split()[1:3])
     assert 0.5 < model_auc <= 1 and 0.5 < heuristic_auc <= 1
+    assert "recency" in evaluate.stdout and "bgnbd" in evaluate.stdout  # the baselines beside it
     out = tmp_path / "scores.parquet"
     as_of = "2026-01-15T00:00:00"
     predict = run_nba(
@@ -114,6 +115,8 @@ def test_a_purchase_log_goes_through_with_only_a_configuration_file(shop, tmp_pa
         scores["expected_value"] - scores["p_purchase"] * scores["spend_if_purchase"]
     ).abs().max() < 1e-9
     assert not [c for c in scores.columns if c.startswith(("p_response_", "uplift_"))]
+    # BG/NBD's customer-base figures, which the purchase model also reads
+    assert scores["p_alive"].between(0, 1).all() and (scores["expected_purchases"] >= 0).all()
     # deciding needs a model of contacts, which a purchase-only log cannot give: one line
     line = one_line_error(run_nba("decide", "--data", str(shop), "--config", config), "decide")
     assert "policy.scoring `uplift` needs an uplift model" in line
