@@ -29,6 +29,7 @@ its end, and a service refuses to start on such a store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -477,9 +478,13 @@ class RedisOnlineStore(OnlineStoreBase):
                     if events:
                         pipe.zrem(f"{self.ns}:applied", *events)
                     pipe.execute()
-                    return len(members)
+                    break
                 except redis.WatchError:
                     continue
+        # the append-only file still holds the erased writes: rewrite it from what is left
+        with contextlib.suppress(redis.ResponseError):
+            self._r.bgrewriteaof()
+        return len(members)
 
     # ------------------------------------------------------------------ materialisation
 
