@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -212,11 +212,8 @@ DAY_MIN = 24 * 60
 event_kinds = st.sampled_from(
     ["consent_granted", "consent_revoked", "unsubscribe", "complaint", "sent", "sent", "holdout"]
 )
-minutes_before = st.one_of(
-    st.integers(1, 40 * DAY_MIN),
-    # each window's and cool-down's edges
-    st.sampled_from([d * DAY_MIN + k for d in (1, 3, 7, 14, 30) for k in (-1, 0, 1)]),
-)
+EDGES = [d * DAY_MIN + k for d in (1, 3, 7, 14, 30) for k in (-1, 0, 1)]
+minutes_before = st.one_of(st.integers(1, 40 * DAY_MIN), st.sampled_from(EDGES))  # windows' edges
 histories = st.lists(st.tuples(st.sampled_from(OUTBOUND), event_kinds, minutes_before), max_size=14)
 policies = st.builds(
     ContactPolicy,
@@ -265,7 +262,10 @@ def _replay(events: pd.DataFrame, contacts: pd.DataFrame, cfg: ContactPolicy, as
     con.execute("SET TimeZone = 'UTC'")
     con.register("events", events)
     rules = AuditRules.of(DATA, FEATURES, PolicyConfig(contact_policy=cfg))
-    return replay(con, contacts, rules, since=as_of).violations
+    try:
+        return replay(con, contacts, rules, since=as_of).violations
+    finally:
+        con.close()
 
 
 def _contacts(ids, people, channels, as_of) -> pd.DataFrame:
@@ -289,6 +289,36 @@ def _contacts(ids, people, channels, as_of) -> pd.DataFrame:
     cfg=policies,
     hour=st.integers(0, 23),
     minute=st.integers(0, 59),
+)
+@example(  # a contact exactly a window's length before counts; one a minute older does not
+    people=[
+        [("email", "consent_granted", 40 * DAY_MIN), ("email", "sent", 7 * DAY_MIN + k)]
+        for k in (-1, 0, 1)
+    ],
+    cfg=ContactPolicy(caps=[Cap(channel="email", max_contacts=1, window_days=7)]),
+    hour=12,
+    minute=0,
+)
+@example(  # the cool-down ends exactly cooldown_days after the opt-out
+    people=[
+        [("sms", "consent_granted", 40 * DAY_MIN), ("push", "unsubscribe", 14 * DAY_MIN + k)]
+        for k in (-1, 0, 1)
+    ],
+    cfg=ContactPolicy(caps=[]),
+    hour=12,
+    minute=0,
+)
+@example(  # a grant and a revocation at the same time: no consent
+    people=[[("email", "consent_granted", DAY_MIN), ("email", "consent_revoked", DAY_MIN)]],
+    cfg=ContactPolicy(caps=[]),
+    hour=12,
+    minute=0,
+)
+@example(  # quiet hours end at end_hour, local time
+    people=[[("sms", "consent_granted", DAY_MIN), ("push", "consent_granted", DAY_MIN)]],
+    cfg=ContactPolicy(quiet_hours=QuietHours(start_hour=21, end_hour=8, utc_offset_hours=5.5)),
+    hour=2,
+    minute=30,
 )
 def test_policy_allows_a_contact_exactly_when_the_audit_finds_it_clean(people, cfg, hour, minute):
     as_of = T.floor("D") + pd.Timedelta(hours=hour, minutes=minute)
