@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from features.errors import UserError
+
 # events columns
 EVENT_ID = "event_id"
 TS = "ts"
@@ -64,7 +66,9 @@ CUSTOMERS_KEY = CUSTOMER_KEY
 
 # identifiers are `type:value`; the type is a configured identifier type
 KEY_SEPARATOR = ":"
-KEY_PATTERN = r"^[a-z][a-z0-9_]*:\S+$"
+# `type:value`: the value at most 500 characters, no spaces or control characters (a NUL or a
+# megabyte "identifier" is hostile input, quarantined as a malformed key)
+KEY_PATTERN = r"^[a-z][a-z0-9_]*:[^\s\x00-\x1f\x7f]{1,500}$"
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -98,7 +102,9 @@ class DataDir:
         return self.root / "events" / "online-events.parquet"
 
     def table(self, name: str) -> list[Path]:
-        """The files of a table: `name.parquet`, `name.csv`, or every such file in folder `name/`."""
+        """The files of a table: `name.parquet`, `name.csv`, or every such file in folder `name/`.
+        A file that is a link to somewhere outside the data directory is refused (UserError):
+        a data directory holds its data, and a link out can expose any file the user can read."""
         files: list[Path] = []
         for suffix in TABLE_SUFFIXES:
             single = self.root / f"{name}{suffix}"
@@ -109,6 +115,14 @@ class DataDir:
             files.extend(
                 sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES)
             )
+        root = self.root.resolve()
+        for f in files:
+            target = f.resolve()
+            if not target.is_relative_to(root):
+                raise UserError(
+                    f"{f}: links to {target}, outside the data directory {self.root}: copy or "
+                    "move the file into the data directory"
+                )
         return files
 
     def events(self) -> list[Path]:

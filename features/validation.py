@@ -181,12 +181,28 @@ def _csv_reader(path: Path, header: list[str]) -> str:
     )
 
 
+def duckdb_reason(exc: duckdb.Error) -> str:
+    """DuckDB's read error in a line: its first paragraph without the offending line's text (a
+    2 MB line would be the message), the SQL it ran or its error class."""
+    lines = []
+    for line in str(exc).splitlines():
+        if not line.strip():
+            if lines:
+                break
+            continue
+        if not line.startswith(("Original Line:", "LINE ")):
+            lines.append(line if len(line) <= 300 else f"{line[:300]}...")
+    text = re.sub(r"^[A-Za-z ]*Error: ", "", "; ".join(lines))
+    named = re.search(r"^\s*file = (.+)$", str(exc), flags=re.MULTILINE)  # a CSV error's file
+    return f"{named.group(1)}: {text}" if named and named.group(1) not in text else text
+
+
 def _columns(con: duckdb.DuckDBPyConnection, relation: str, path: Path | str) -> dict[str, str]:
     """Column name -> DuckDB type of a relation, with the file named in any read error."""
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     except duckdb.Error as exc:
-        raise UserError(f"{path}: cannot read the file: {exc}") from exc
+        raise UserError(f"{path}: cannot read the file: {duckdb_reason(exc)}") from exc
     return {r[0]: r[1] for r in rows}
 
 
@@ -448,7 +464,7 @@ def _create(con: duckdb.DuckDBPyConnection, sql: str, table: str) -> None:
             raise UserError(secret) from exc
         if not isinstance(exc, duckdb.InvalidInputException):
             raise
-        raise UserError(f"cannot read the {table} files: {exc}") from exc
+        raise UserError(f"cannot read the {table} files: {duckdb_reason(exc)}") from exc
 
 
 def _now(now: datetime | None) -> datetime:
@@ -558,7 +574,7 @@ def _profile_columns(con: duckdb.DuckDBPyConnection, src: _Source) -> list[str]:
     try:
         got = con.execute(f"SELECT {', '.join(tests)} FROM {src.relation}").fetchall()[0]
     except duckdb.InvalidInputException as exc:
-        raise UserError(f"cannot read the customers files: {exc}") from exc
+        raise UserError(f"cannot read the customers files: {duckdb_reason(exc)}") from exc
     width = len(_PROFILE_TYPES) + 1
     out = []
     for c in src.types:

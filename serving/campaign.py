@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from features.config import DataConfig, Strict
+from features.config import DataConfig, Strict, load_yaml_text
 from serving.catalogue import NOTHING, Catalogue
 
 EXAMPLE_CAMPAIGN = "campaigns/example.yaml"
@@ -186,8 +186,8 @@ def load_campaign(
     else:
         if not Path(path).exists():
             raise FileNotFoundError(f"campaign file {path} does not exist")
-        text = Path(path).read_text()
-        source = str(path)
+        raw = load_yaml_text(Path(path))  # UTF-8, each key once: one line naming the file
+        return parse_campaign(raw, catalogue, data, str(path)), Path(path).read_text("utf-8-sig")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

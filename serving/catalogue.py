@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from features.config import DataConfig, Strict
+from features.config import DataConfig, Strict, load_yaml_text
 from features.errors import UserError
 from training.models import FrameArrays, column_values
 
@@ -213,12 +213,14 @@ def load_catalogue(path: Path | None = None) -> tuple[Catalogue, str]:
     else:
         if not Path(path).exists():
             raise UserError(f"action catalogue {path} does not exist (policy.catalogue)")
-        text = Path(path).read_text()
+        raw = load_yaml_text(Path(path)) or {}  # UTF-8, each key once: one line naming the file
+        text = Path(path).read_text("utf-8-sig")
         source = str(path)
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source}: not valid YAML: {exc}") from exc
+    if path is None:
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{source}: not valid YAML: {exc}") from exc
     try:
         return Catalogue.model_validate(raw), text
     except ValidationError as exc:
