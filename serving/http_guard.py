@@ -1,8 +1,10 @@
 """The service's door: bearer token, body size and well-formed JSON, checked before BentoML.
 
 A pure ASGI middleware, so a refused request costs no parsing: a missing or wrong token is a
-401, a body over the limit a 413 (read no further), a body that is not JSON a 400 naming where
-it breaks. Every refusal is a JSON body `{"error": ..., "field": ...}`, never a stack trace;
+401 (a token in the query string is never accepted: URLs end up in logs), a body over the limit
+a 413 (read no further), a body that is not strict JSON a 400 naming where it breaks: not UTF-8
+(a UTF-8 byte-order mark is dropped), a key twice in one object, NaN or Infinity (not JSON
+numbers), nesting too deep to parse. Every refusal is a JSON body `{"error": ..., "field": ...}`, never a stack trace;
 BentoML's own 400 for a request that fails its pydantic model is rewritten into the same shape
 (its `detail` is a list where its OpenAPI description promises a string).
 """
@@ -17,6 +19,8 @@ from typing import Any
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
+UTF8_BOM = b"\xef\xbb\xbf"
+QUERY_TOKEN_NAMES = (b"token", b"access_token", b"api_key", b"apikey", b"bearer")
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -28,6 +32,45 @@ async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="nba"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+class StrictJSONError(ValueError):
+    """A body that Python's json would read but that is not strict JSON."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise StrictJSONError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not a JSON number")
+
+
+def parse_strict_json(body: bytes) -> Any:
+    """The body as JSON, strictly: UTF-8 (a leading byte-order mark dropped), each key once per
+    object, no NaN or Infinity. Raises ValueError with a message that says what is wrong."""
+    if body.startswith(UTF8_BOM):
+        body = body[len(UTF8_BOM) :]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StrictJSONError(
+            f"the body is not UTF-8 (byte {exc.start} is 0x{body[exc.start]:02x}): send JSON "
+            "in UTF-8"
+        ) from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise StrictJSONError(
+            f"the body is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise StrictJSONError("the body is nested too deeply to parse") from None
 
 
 def field_path(loc: list[Any]) -> str:
@@ -43,6 +86,7 @@ def plain_error(body: dict[str, Any]) -> dict[str, Any]:
     first field and what was expected, every error in one `detail` string."""
     errors = [e for e in body["detail"] if isinstance(e, dict)]
     said = [f"{field_path(e.get('loc') or [])}: {e.get('msg', 'invalid')}" for e in errors]
+    said = [s if not s.startswith(": ") else f"body{s}" for s in said]  # no location: the body
     first = field_path(errors[0].get("loc") or []) if errors else "body"
     more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
     return {
@@ -111,11 +155,13 @@ class HttpGuard:
             )
             return
         if path in self.protected and not self._authorised(scope):
-            await send_json(
-                send,
-                401,
-                {"error": "missing or wrong bearer token", "field": "Authorization"},
-            )
+            error = "missing or wrong bearer token"
+            if _query_token(scope):
+                error += (
+                    " (a token in the query string is not accepted, it would end up in logs: "
+                    "send the header Authorization: Bearer <token>)"
+                )
+            await send_json(send, 401, {"error": error, "field": "Authorization"})
             return
         if scope.get("method") != "POST":
             await self.app(scope, receive, send)
@@ -137,11 +183,12 @@ class HttpGuard:
             if not message.get("more_body"):
                 break
         try:
-            parsed = json.loads(body) if body else None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-            await send_json(send, 400, {"error": f"the body is not valid JSON{where}: {exc}"})
+            parsed = parse_strict_json(bytes(body)) if body else None
+        except StrictJSONError as exc:
+            await send_json(send, 400, {"error": str(exc), "field": "body"})
             return
+        if body.startswith(UTF8_BOM):  # read past above; BentoML's parser would not
+            del body[: len(UTF8_BOM)]
         if not isinstance(parsed, dict):
             await send_json(send, 400, {"error": "the body must be a JSON object", "field": "body"})
             return
@@ -161,6 +208,7 @@ class HttpGuard:
         await self.app(scope, replay, plain_validation_errors(send))
 
     def _authorised(self, scope: Scope) -> bool:
+        """The Authorization header's bearer token matches; never a token in the URL."""
         if self.token is None:
             return False
         for name, value in scope.get("headers") or []:
@@ -180,3 +228,10 @@ class HttpGuard:
                 "field": "body",
             },
         )
+
+
+def _query_token(scope: Scope) -> bool:
+    """Whether the query string carries something named like a token."""
+    query = (scope.get("query_string") or b"").lower()
+    names = {part.partition(b"=")[0] for part in query.split(b"&")}
+    return any(name in names for name in QUERY_TOKEN_NAMES)
