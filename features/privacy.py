@@ -101,6 +101,7 @@ class Pseudonymiser:
         if not key or not isinstance(key, str):
             return key
         kind, sep, value = key.strip().partition(KEY_SEPARATOR)
+        kind = kind.strip().lower()  # `EMAIL: Ann@...` is Ann's e-mail too
         if not sep or kind not in self.personal or not is_clear(kind, value):
             return key
         return f"{kind}{KEY_SEPARATOR}{self.digest(kind, value)}"
@@ -141,7 +142,7 @@ class Pseudonymiser:
         if not self.personal:
             return col
         k = f"trim({col})"
-        kind = f"split_part({k}, {_lit(KEY_SEPARATOR)}, 1)"
+        kind = f"lower(trim(split_part({k}, {_lit(KEY_SEPARATOR)}, 1)))"
         value = f"substr({k}, strpos({k}, {_lit(KEY_SEPARATOR)}) + 1)"
         cases = []
         for t in self.personal:
