@@ -246,6 +246,8 @@ def load_yaml_text(path: Path) -> Any:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a YAML file")
+    if not path.is_file():  # a device or a pipe: /dev/zero would be read forever
+        raise ConfigError(f"{path} is not a regular file")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:

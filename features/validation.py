@@ -161,7 +161,11 @@ def _csv_header(path: Path) -> list[str]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text ({exc.reason}: 0x{exc.object[exc.start]:02x}): save the file as UTF-8"
+        ) from exc
+    except csv.Error as exc:
         raise UserError(f"{path}: cannot read the CSV header: {exc}") from exc
     if not header:
         raise UserError(f"{path}: empty CSV file; expected a header row naming the columns")
