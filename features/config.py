@@ -7,6 +7,7 @@ section per package (`data`, `features`, `training`, `policy`); this module owns
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -123,6 +124,12 @@ class IdentityConfig(Strict):
 
 
 class ValidationConfig(Strict):
+    earliest_timestamp: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Events stamped before this (UTC if naive) are rejected as "
+        "`ancient_timestamp`: 1970-01-01 is the zero of a clock that was never set, and a "
+        "year 0 or BC date a parsing accident; either would stretch the history by decades.",
+    )
     future_tolerance_seconds: int = Field(
         default=300,
         ge=0,

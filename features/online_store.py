@@ -86,6 +86,7 @@ from features.streaming import CustomerState, StreamingUpdater
 
 # rejection reasons: the validation step's names where the check is the same, in its order
 from features.validation import (  # noqa: E402
+    ANCIENT_TIMESTAMP,
     DUPLICATE,
     EMPTY_CUSTOMER_KEY,
     FUTURE_TIMESTAMP,
@@ -111,6 +112,7 @@ APPLY_REASONS = [
     UNKNOWN_EVENT_TYPE,
     MISSING_TIMESTAMP,
     UNPARSEABLE_TIMESTAMP,
+    ANCIENT_TIMESTAMP,
     FUTURE_TIMESTAMP,
     NON_NUMERIC_AMOUNT,
     NEGATIVE_AMOUNT,
@@ -478,6 +480,9 @@ class OnlineStoreBase(ABC):
         self._channels = frozenset(data.channel_names)
         self._event_types = frozenset(data.event_types.all)
         self._future_us = data.validation.future_tolerance_seconds * 1_000_000
+        earliest = pd.Timestamp(data.validation.earliest_timestamp)
+        earliest = earliest.tz_localize("UTC") if earliest.tzinfo is None else earliest
+        self._earliest_us = earliest.value // 1000
         head, sep, tail = KEY_PATTERN.partition(KEY_SEPARATOR)
         types = [t for t in data.identity.identifier_types if re.fullmatch(head[1:], t)]
         self._key_re = re.compile("^(?:" + "|".join(re.escape(t) for t in types) + ")" + sep + tail)
@@ -755,6 +760,8 @@ class OnlineStoreBase(ABC):
                 out[i] = MISSING_TIMESTAMP
             elif b.ts_bad[i]:
                 out[i] = UNPARSEABLE_TIMESTAMP
+            elif b.ts_us[i] < self._earliest_us:
+                out[i] = ANCIENT_TIMESTAMP
             elif b.ts_us[i] > latest:
                 out[i] = FUTURE_TIMESTAMP
             elif b.amount_bad[i]:

@@ -56,6 +56,7 @@ UNKNOWN_CHANNEL = "unknown_channel"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"
 MISSING_TIMESTAMP = "missing_timestamp"
 UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
+ANCIENT_TIMESTAMP = "ancient_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 NON_NUMERIC_AMOUNT = "non_numeric_amount"
 NEGATIVE_AMOUNT = "negative_amount"
@@ -72,6 +73,7 @@ EVENT_REASONS = [
     UNKNOWN_EVENT_TYPE,
     MISSING_TIMESTAMP,
     UNPARSEABLE_TIMESTAMP,
+    ANCIENT_TIMESTAMP,
     FUTURE_TIMESTAMP,
     NON_NUMERIC_AMOUNT,
     NEGATIVE_AMOUNT,
@@ -389,6 +391,7 @@ def _event_checks(config: DataConfig, now: datetime) -> list[tuple[str, str]]:
     event_types = ", ".join(_lit(t) for t in config.event_types.all)
     latest = now + timedelta(seconds=config.validation.future_tolerance_seconds)
     latest_sql = f"TIMESTAMPTZ {_lit(latest.isoformat())}"
+    earliest_sql = f"TIMESTAMPTZ {_lit(_utc(config.validation.earliest_timestamp).isoformat())}"
     no_ts = f"({_blank('ts_text')} AND ts_val IS NULL)"
 
     def present(c: str) -> str:
@@ -406,6 +409,7 @@ def _event_checks(config: DataConfig, now: datetime) -> list[tuple[str, str]]:
         (UNKNOWN_EVENT_TYPE, f"{EVENT_TYPE} IS NULL OR {EVENT_TYPE} NOT IN ({event_types})"),
         (MISSING_TIMESTAMP, no_ts),
         (UNPARSEABLE_TIMESTAMP, f"NOT {no_ts} AND (ts_val IS NULL OR NOT isfinite(ts_val))"),
+        (ANCIENT_TIMESTAMP, f"isfinite(ts_val) AND ts_val < {earliest_sql}"),
         (FUTURE_TIMESTAMP, f"isfinite(ts_val) AND ts_val > {latest_sql}"),
         (
             NON_NUMERIC_AMOUNT,
@@ -469,6 +473,10 @@ def _create(con: duckdb.DuckDBPyConnection, sql: str, table: str) -> None:
         if not isinstance(exc, duckdb.InvalidInputException):
             raise
         raise UserError(f"cannot read the {table} files: {duckdb_reason(exc)}") from exc
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _now(now: datetime | None) -> datetime:
