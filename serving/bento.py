@@ -34,10 +34,10 @@ class PackedBundle:
 
 def save_bundle(data_dir: Path, alias: str = "champion") -> bentoml.Model:
     """Save the bundle registered under `alias` into BentoML's model store (BENTOML_HOME)."""
-    import mlflow.pyfunc
     from mlflow import MlflowClient
 
     from training import registry
+    from training.model_safety import load_verified
 
     tracking = registry.configure_tracking(data_dir)
     version = registry.alias_version(alias)
@@ -46,7 +46,7 @@ def save_bundle(data_dir: Path, alias: str = "champion") -> bentoml.Model:
             f"no model bundle has the alias `{alias}` in {registry.BUNDLE_MODEL_NAME}: run "
             "`nba train` first"
         )
-    bundle = mlflow.pyfunc.load_model(registry.model_uri(alias)).unwrap_python_model().bundle
+    bundle = load_verified(version)  # the registered files, checked against their SHA-256
     registered = MlflowClient().get_model_version(registry.BUNDLE_MODEL_NAME, version)
     labels = {"registry_version": version, "registry_alias": alias}
     metadata = {

@@ -363,11 +363,11 @@ def load_policy(
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> DecisionPolicy:
-    """The policy over the bundle registered under `alias` (models versioned together);
-    `strict` and `warn` as in DecisionPolicy."""
-    import mlflow.pyfunc
-
+    """The policy over the bundle registered under `alias` (models versioned together), its
+    files checked against the checksum recorded at registration; `strict` and `warn` as in
+    DecisionPolicy."""
     from training import registry
+    from training.model_safety import load_verified
 
     registry.configure_tracking(data_dir)
     version = registry.alias_version(alias)
@@ -376,8 +376,7 @@ def load_policy(
             f"no model bundle has the alias `{alias}` in {registry.BUNDLE_MODEL_NAME}: run "
             "`nba train` first"
         )
-    loaded = mlflow.pyfunc.load_model(registry.model_uri(alias))
-    bundle = loaded.unwrap_python_model().bundle
+    bundle = load_verified(version)
     return DecisionPolicy(bundle, version, cfg, data, strict=strict, warn=warn)
 
 

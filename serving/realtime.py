@@ -22,6 +22,7 @@ from features.identity import customer_id_of
 from features.online_store import OnlineRow, OnlineStoreBase
 from serving.catalogue import NOTHING
 from serving.policy import HOLDOUT, DecisionPolicy, Decisions
+from training.model_safety import definitions_problem
 from training.models import FrameArrays
 
 MAX_REASONS = 3  # per recommended action
@@ -67,6 +68,12 @@ class RealtimeDecider:
                 f"{store.location} does not hold (e.g. {', '.join(missing[:5])}): the bundle was "
                 "trained with other feature definitions or a customers table the store lacks; "
                 "re-materialise the store (`nba features --materialize`) or retrain"
+            )
+        problem = definitions_problem(policy.bundle, store.fs, store.location)
+        if problem:
+            raise FeatureListMismatch(
+                f"the champion bundle cannot run on this online store: {problem}; re-materialise "
+                "the store (`nba features --materialize`) or retrain"
             )
         self._names = names
         self._profile = store.profile_names

@@ -112,14 +112,22 @@ def _load_all(data: Path, config: Path | None):
 
 def train(data: DataOption, config: ConfigOption = None) -> None:
     """Train, evaluate and register the model bundle; promote it if it passes the gate."""
+    from features.config import load_online_store_config
     from features.contract import DataDir
     from training.train import train as run_train
 
     data_cfg, feature_cfg, cfg = _load_all(data, config)
+    online = load_online_store_config(config)
     con = _open_current_store(data, config)
     with console.status("training") as status:
         result = run_train(
-            DataDir(data), data_cfg, feature_cfg, cfg, con, say=lambda m: status.update(m)
+            DataDir(data),
+            data_cfg,
+            feature_cfg,
+            cfg,
+            con,
+            say=lambda m: status.update(m),
+            online=online,
         )
     _print_reports(result.reports)
     for family, reason in result.bundle.skipped.items():

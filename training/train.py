@@ -21,11 +21,11 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import ColSpec, Schema
 
 from features.batch import BatchEngine
-from features.config import DataConfig
+from features.config import DataConfig, OnlineStoreConfig
 from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, TS, DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.errors import UserError
-from training import registry
+from training import model_safety, registry
 from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle, pip_requirements
 from training.config import TrainingConfig
 from training.customer_base import CustomerBase, WithCustomerBase
@@ -388,8 +388,10 @@ def train(
     cfg: TrainingConfig,
     con: duckdb.DuckDBPyConnection,
     say: Progress = print,
+    online: OnlineStoreConfig | None = None,
 ) -> TrainResult:
-    """Train, evaluate, log and register a bundle; apply the promotion gate."""
+    """Train, evaluate, log and register a bundle; apply the promotion gate. The bundle is
+    not made champion over an online store (`online`) computed with other definitions."""
     fs = FeatureSet(data_cfg, feature_cfg)
     engine = BatchEngine(fs, con, customers="customers" if _has_customers(con) else None)
     td = build_training_data(con, engine, data_cfg, cfg, say)
@@ -404,6 +406,7 @@ def train(
         "contacts": td.contacts.describe(TS) if td.contacts is not None else None,
         "snapshots": td.snapshots.describe("as_of") if td.snapshots is not None else None,
         "feature_definitions": fs.base_names,
+        model_safety.DEFINITIONS_KEY: model_safety.definitions_fingerprint(fs)[0],
         "purchase_horizon_days": horizon,  # what p_purchase means: a purchase within this
         "attribution_window_days": cfg.labels.attribution_window_days,
     }
@@ -420,7 +423,13 @@ def train(
     losses = losses_to_heuristic(reports)
     if losses:  # promoted or not, the gate's reason says it
         gate = replace(gate, reason=f"{gate.reason}; warning: {'; '.join(losses)}")
+    blocked = (
+        model_safety.promotion_problem(data_dir, fs, bundle, online) if gate.promoted else None
+    )
+    if blocked:
+        gate = replace(gate, promoted=False, reason=f"not promoted: {blocked}")
     version = _log_bundle_run(bundle, reports, td, tracking, run_ids, gate)
+    model_safety.record_checksum(version[0])  # before any alias points at it
     run_ids["bundle"] = version[1]
     registry.set_alias(version[0], registry.CHALLENGER)
     if gate.promoted:
