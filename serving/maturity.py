@@ -614,10 +614,13 @@ def data_use(
     table["reason_channels"] = reason_channels
     table["cross_channel_reason"] = cross
     table["could_use_cross_channel"] = table["history_channels"] >= 2
-    table["true_profit"] = np.nan
+    true_profit = np.full(len(table), np.nan)
     if true_values is not None:
-        t = table.merge(true_values, on=[CUSTOMER_ID, "action_id"], how="left")
-        table["true_profit"] = np.where(table["action_id"] == NOTHING, 0.0, t["true_profit"])
+        t = table[[CUSTOMER_ID, "action_id"]].merge(
+            true_values, on=[CUSTOMER_ID, "action_id"], how="left"
+        )
+        true_profit = np.where(table["action_id"] == NOTHING, 0.0, t["true_profit"].to_numpy())
+    table["true_profit"] = true_profit
     groups = {
         "history on 2+ channels (could use cross-channel)": table["could_use_cross_channel"],
         "history on 0-1 channel (could not)": ~table["could_use_cross_channel"],
@@ -685,6 +688,7 @@ class Maturity:
     policy_version: str
     decisions_per_year: float
     customers_scored: int
+    policy_value_per_year: float  # the policy's expected incremental profit, all customers
     recognition: Recognition
     coverage: pd.DataFrame
     consent: ConsentValues
@@ -696,6 +700,7 @@ class Maturity:
         """The headline numbers, flat, for MLflow."""
         r = self.recognition
         m: dict[str, float] = {
+            "policy_value_per_year": self.policy_value_per_year,
             "identifiers": r.identifiers,
             "customers": r.customers,
             "single_identifier_customers": r.single_customers,
@@ -777,6 +782,8 @@ def next_steps(
 def build(inputs: MaturityInputs) -> Maturity:
     """Every part of the report, from the store, the features now and the champion policy."""
     features = inputs.engine.snapshot(inputs.as_of)
+    now = _decide(inputs.policy, features, inputs.cfg.seed)
+    total = float(expected_profit(now.scored.score, now.probabilities).sum())
     rec = recognition(inputs.con, inputs.data)
     coverage = consent_coverage(inputs.con, inputs.data, inputs.features_cfg)
     consent = consent_values(inputs, features)
@@ -788,6 +795,7 @@ def build(inputs: MaturityInputs) -> Maturity:
         policy_version=inputs.policy.version,
         decisions_per_year=inputs.cfg.decisions_per_year,
         customers_scored=len(features),
+        policy_value_per_year=total * inputs.cfg.decisions_per_year,
         recognition=rec,
         coverage=coverage,
         consent=consent,

@@ -171,7 +171,8 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}
 .note{{color:#555;font-size:0.9em}}</style></head><body>
 <h1>Omnichannel maturity</h1>
 <p>Data up to {html.escape(str(m.as_of))}; champion models v{html.escape(m.model_version)},
-{html.escape(m.policy_version)}; {m.customers_scored:,} customers scored. Money is the policy's
+{html.escape(m.policy_version)}; {m.customers_scored:,} customers scored, the policy expects
+<b>{m.policy_value_per_year:,.0f}</b> incremental profit a year from them. Money is the policy's
 expected incremental profit of one decision (eligibility, scores and choice of the real policy)
 times {m.decisions_per_year:g} decisions a year (<code>maturity.decisions_per_year</code>).</p>
 <h2>1. Recognition</h2>
