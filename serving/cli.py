@@ -245,11 +245,20 @@ def predict(
     ] = None,
     alias: Annotated[str, typer.Option(help="Registry alias of the model bundle.")] = "champion",
     config: features_cli.ConfigOption = None,
+    days: Annotated[
+        float | None,
+        typer.Option(
+            "--days",
+            min=1,
+            help="Also BG/NBD's P(purchase) and expected purchases over this many days, "
+            "however long the training labels (270: nine months from 90-day labels).",
+        ),
+    ] = None,
 ) -> None:
     """Every customer's scores as of a time, without deciding: P(purchase) within the bundle's
-    purchase horizon, spend if they buy and expected value, P(response) per outbound channel
-    and uplift per catalogue action where the bundle has those models. Written to a temporary
-    name, then renamed."""
+    purchase horizon, spend if they buy and expected value, P(response) per outbound channel,
+    uplift per catalogue action, BG/NBD's expected purchases and P(alive), where the bundle has
+    those models. Written to a temporary name, then renamed."""
     import mlflow.pyfunc
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -287,7 +296,7 @@ def predict(
         feats = engine.snapshot(t)
         bar.update(task, total=len(feats), completed=0, description="scoring customers")
         table = predict_customers(
-            bundle, feats, data_cfg, catalogue, step=lambda n: bar.advance(task, n)
+            bundle, feats, data_cfg, catalogue, step=lambda n: bar.advance(task, n), days=days
         )
     table.insert(2, "horizon_days", float(horizon))
     target = write_parquet_atomic(table, out or data / "predictions.parquet")

@@ -3,7 +3,8 @@
 Per customer: the probability of a purchase within the bundle's purchase horizon, the expected
 spend if they buy and the expected value (their product), P(response) to a contact on each
 outbound channel, the uplift of each action, and BG/NBD's expected purchases over the horizon
-and P(alive), where the bundle has the model for it. The
+and P(alive), where the bundle has the model for it; with `days`, BG/NBD's P(purchase) and
+expected purchases over any longer horizon (nine months from 90-day labels). The
 scores are the bundle's own models on the point-in-time features, the same numbers a decision
 reads; no catalogue rule, consent or cap is applied (that is `nba decide`).
 """
@@ -58,8 +59,10 @@ def predict_chunk(
     channels: list[str],
     actions: list[tuple[str, str]],
     catalogue: Catalogue | None = None,
+    days: float | None = None,
 ) -> pd.DataFrame:
-    """The scores of one chunk of customers (rows of `features`: customer_id, as_of, features)."""
+    """The scores of one chunk of customers (rows of `features`: customer_id, as_of, features);
+    `days`: BG/NBD's P(purchase) and expected purchases over that many days too."""
     out: dict[str, object] = {
         CUSTOMER_ID: features[CUSTOMER_ID].to_numpy(),
         AS_OF: features[AS_OF].to_numpy() if AS_OF in features else pd.NaT,
@@ -75,6 +78,9 @@ def predict_chunk(
     if base is not None:
         out["expected_purchases"] = base.expected_purchases(features)
         out["p_alive"] = base.p_alive(features)
+        if days is not None:  # any horizon, however long the labels were
+            out[f"bgnbd_p_purchase_{days:g}d"] = base.p_purchase_within(features, days)
+            out[f"bgnbd_expected_purchases_{days:g}d"] = base.expected_purchases(features, days)
     if bundle.response is not None:
         for channel, action in zip(channels, probe_actions(catalogue, channels), strict=True):
             probe = features.assign(**{CHANNEL_FEATURE: channel, ACTION_FEATURE: action})
@@ -92,19 +98,20 @@ def predict_customers(
     data: DataConfig,
     catalogue: Catalogue | None = None,
     step: Callable[[int], None] | None = None,
+    days: float | None = None,
 ) -> pd.DataFrame:
     """Scores of every row of `features`, CHUNK_ROWS customers at a time; `step(rows)` after
-    each chunk (a progress bar)."""
+    each chunk (a progress bar); `days` as in `predict_chunk`."""
     channels = data.outbound_channels if bundle.response is not None else []
     actions = uplift_actions(bundle, catalogue, data)
     parts = []
     for start in range(0, len(features), CHUNK_ROWS):
         chunk = features.iloc[start : start + CHUNK_ROWS]
-        parts.append(predict_chunk(bundle, chunk, channels, actions, catalogue))
+        parts.append(predict_chunk(bundle, chunk, channels, actions, catalogue, days))
         if step is not None:
             step(len(chunk))
     if not parts:
-        return predict_chunk(bundle, features, channels, actions, catalogue)
+        return predict_chunk(bundle, features, channels, actions, catalogue, days)
     return pd.concat(parts, ignore_index=True)
 
 

@@ -83,6 +83,16 @@ class CustomerBase:
             out = self._bgnbd().conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T)
         return np.nan_to_num(np.asarray(out, dtype=float), nan=0.0, posinf=0.0)
 
+    def p_purchase_within(self, X: pd.DataFrame | FrameArrays, days: float) -> np.ndarray:
+        """P(at least one purchase in the next `days`), for any length of time whatever the
+        label horizon: P(alive) x (1 - ((alpha + T) / (alpha + T + days))^(r + x)), since an
+        active customer's rate given their history is Gamma(r + x, alpha + T) and a drop-out
+        only follows a purchase."""
+        x, _, T = repeat_purchase_history(X)
+        r, alpha = self.bgnbd["r"], self.bgnbd["alpha"]
+        none_while_alive = ((alpha + T) / (alpha + T + days)) ** (r + x)
+        return self.p_alive(X) * (1.0 - none_while_alive)
+
     def p_alive(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
         """P(the customer has not dropped out) given their purchase history, per row."""
         x, t_x, T = repeat_purchase_history(X)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from real_like import one_line_error, outbound_calls, purchase_log, run_nba
+from sklearn.metrics import roc_auc_score
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -129,6 +130,19 @@ def test_a_purchase_log_goes_through_with_only_a_configuration_file(shop, tmp_pa
     buyers = set(identity[identity["identifier"].isin(after["customer_key"])]["customer_id"])
     bought = scores["customer_id"].isin(buyers)
     assert scores.loc[bought, "p_purchase"].mean() > scores.loc[~bought, "p_purchase"].mean()
+    # nine months ahead from 90-day labels: BG/NBD's count model ranks next-270-day buyers
+    early, nine_months = pd.Timestamp("2025-05-01", tz="UTC"), pd.Timedelta(days=270)
+    far = tmp_path / "far.parquet"
+    run_nba("predict", "--data", str(shop), "--config", config, "--as-of", "2025-05-01",
+            "--days", "270", "--out", str(far), check=0)  # fmt: skip
+    far_scores = pd.read_parquet(far)
+    ts = pd.to_datetime(events["ts"])
+    later = events[(ts >= early) & (ts < early + nine_months)]["customer_key"]
+    buyers = set(identity[identity["identifier"].isin(later)]["customer_id"])
+    p_far = far_scores["bgnbd_p_purchase_270d"]
+    assert p_far.between(0, 1).all()
+    assert roc_auc_score(far_scores["customer_id"].isin(buyers), p_far) > 0.7
+    assert (p_far <= far_scores["p_alive"] + 1e-12).all()  # only the living buy
 
 
 def test_outbound_calls_with_a_profile_go_through(bank, tmp_path):

@@ -65,6 +65,11 @@ def test_the_fit_finds_the_process_parameters_and_ranks_next_horizon_buyers(worl
     assert roc_auc_score(later, expected) > 0.7
     # more days ahead, more purchases expected
     assert (base.expected_purchases(frame, days=2 * HORIZON) >= expected - 1e-12).all()
+    # P(a purchase within the horizon) is calibrated on the process, and grows with the days
+    p_buy = base.p_purchase_within(frame, HORIZON)
+    assert p_buy.mean() == pytest.approx(later.mean(), abs=0.03)
+    assert roc_auc_score(later, p_buy) > 0.7
+    assert (base.p_purchase_within(frame, 3 * HORIZON) >= p_buy).all()
     spend = base.expected_spend(frame)
     assert base.gamma_gamma is not None and np.isfinite(spend).all() and (spend > 0).all()
 
