@@ -10,22 +10,18 @@ import shutil
 import uuid
 
 import numpy as np
-import pandas as pd
 import pytest
 from service_process import (
-    assert_same_features,
     new_id,
     now_iso,
-    random_events,
     recommend,
     start_service,
 )
 
-from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID, DataDir
+from features.contract import DataDir
 from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
+from features.event_store import open_store
 from features.online_store import OnlineStore
 
 pytestmark = pytest.mark.integration
@@ -192,9 +188,20 @@ def test_operations_endpoints(served_world):
 
 
 def test_no_acknowledged_event_is_lost_when_the_service_is_killed(online_world, tmp_path):
-    """kill -9 right after acknowledged batches, twice: after each restart every acknowledged
-    event is in the log exactly once; ingested, in the event store exactly once; and the online
-    features equal a batch recomputation over the event store as of the same moment."""
+    """kill -9 at a random moment while two clients post event batches, twice: after each kill
+    every acknowledged event is in the log exactly once and a batch whose answer never came
+    is there whole or not at all; resent after the restart, it is exactly once too. Ingested,
+    each acknowledged event is in the event store exactly once, and the online features equal a
+    batch recomputation over the event store as of the same moment."""
+    from kill_under_load import (
+        Ledger,
+        check_round,
+        check_stores,
+        load_then_kill,
+        loyalty_keys,
+        resend_unanswered,
+    )
+
     root = tmp_path / "world"
     shutil.copytree(
         online_world.data_dir.root,
@@ -205,46 +212,17 @@ def test_no_acknowledged_event_is_lost_when_the_service_is_killed(online_world, 
     con = open_store(data_dir)
     with OnlineStore(data_dir.online_store, FS) as store:
         store.materialize(con, as_of=online_world.end)
-    keys = [
-        r[0]
-        for r in con.execute(
-            "SELECT min(identifier) FROM identity WHERE identifier LIKE 'loyalty:%' "
-            "GROUP BY customer_id ORDER BY 1 LIMIT 40"
-        ).fetchall()
-    ]
     con.close()
+    keys = loyalty_keys(data_dir, 40)
     rng = np.random.default_rng(0)
-    kinds = [("store", "purchase"), ("web", "visit"), ("email", "open"), ("email", "sent")]
-    acknowledged: list[str] = []
-    for _round in range(2):
+    ledger = Ledger()
+    for kill in range(2):
         svc = start_service(root)
-        for _batch in range(5):
-            events = random_events(rng, keys, kinds, 20)
-            answer = svc.post("/events", {"events": events}).json()
-            assert answer["accepted"] == len(events)
-            acknowledged += [e["event_id"] for e in events]
-        svc.kill()  # SIGKILL to the whole process group, right after the last acknowledgement
-
-    with OnlineStore(data_dir.online_store, FS) as store:
-        log = store.logged_events()
-        assert log["event_id"].value_counts().reindex(acknowledged).eq(1).all()
-        touched = sorted(set(log[CUSTOMER_ID]))
-        t = pd.Timestamp.now(tz="UTC")
-        t_us = (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
-        online = pd.DataFrame([store.read(c, t_us) for c in touched])
-
-    ingest(data_dir, DataConfig(), progress=False)
-    con = open_store(data_dir)
-    stored = con.execute(
-        "SELECT event_id, count(*) FROM events WHERE event_id LIKE 'test-%' GROUP BY event_id"
-    ).df()
-    assert set(stored["event_id"]) == set(acknowledged)
-    assert stored["count_star()"].eq(1).all()
-    engine = BatchEngine(FS, con, customers="customers")
-    query = pd.DataFrame({CUSTOMER_ID: touched, AS_OF: [t] * len(touched)})
-    batch = engine.at(query)
-    con.close()
-    assert_same_features(online, batch.reset_index(drop=True), FS.names)
+        resend_unanswered(svc, ledger)
+        sent = load_then_kill(svc, keys, float(rng.uniform(1.0, 3.0)), seed=10 * kill)
+        found = check_round(data_dir, sent, ledger)
+        assert found.acknowledged_events > 0 and found.batches > found.unanswered_batches
+    check_stores(data_dir, ledger)
 
 
 def test_the_service_refuses_to_start_without_what_it_needs(tmp_path, online_world):
