@@ -334,11 +334,23 @@ def consent_values(inputs: MaturityInputs, features: pd.DataFrame) -> ConsentVal
 
 def group_values(inputs: MaturityInputs, mapping: pd.DataFrame) -> pd.Series:
     """Expected incremental profit of one decision per group when the events of each
-    identifier in `mapping` (identifier, group) are seen as the group's: point-in-time
-    features of the re-keyed events (the group takes the customers-table row of its first
-    member that has one), then the policy's decision. Indexed by group."""
-    if mapping.empty:
+    identifier in `mapping` (identifier, grp) are seen as the group's. Indexed by group."""
+    found = group_decisions(inputs, mapping)
+    if found is None:
         return pd.Series(dtype=float)
+    groups, dec = found
+    return pd.Series(expected_profit(dec.scored.score, dec.probabilities), index=groups)
+
+
+def group_decisions(
+    inputs: MaturityInputs, mapping: pd.DataFrame
+) -> tuple[np.ndarray, Decisions] | None:
+    """The policy's decision per group when the events of each identifier in `mapping`
+    (identifier, grp) are seen as the group's: point-in-time features of the re-keyed events
+    (the group takes the customers-table row of its first member that has one). None when no
+    group has an event."""
+    if mapping.empty:
+        return None
     con = inputs.con
     con.register("_nba_map", mapping[["identifier", "grp"]])
     try:
@@ -362,11 +374,8 @@ def group_values(inputs: MaturityInputs, mapping: pd.DataFrame) -> pd.Series:
     finally:
         con.unregister("_nba_map")
     if feats.empty:
-        return pd.Series(dtype=float)
-    dec = _decide(inputs.policy, feats, inputs.cfg.seed)
-    return pd.Series(
-        expected_profit(dec.scored.score, dec.probabilities), index=feats[CUSTOMER_ID].to_numpy()
-    )
+        return None
+    return feats[CUSTOMER_ID].to_numpy(), _decide(inputs.policy, feats, inputs.cfg.seed)
 
 
 @dataclass
@@ -378,6 +387,8 @@ class MergeValue:
     merged: int  # customers they become
     value_per_year: float  # sum over merged customers of V(merged) - sum V(fragments)
     note: str = ""
+    # on a synthetic world: the same decisions' true incremental profit, merged minus apart
+    true_value_per_year: float | None = None
 
 
 def merge_value(
@@ -397,7 +408,10 @@ def merge_value(
 
 def truth_merge(inputs: MaturityInputs) -> MergeValue | None:
     """On a synthetic world: every person's customers merged into one (each current customer
-    is the person most of its identifiers belong to); None without a truth table."""
+    is the person most of its identifiers belong to); None without a truth table. Beside the
+    model's figure, the true incremental profit of the same decisions, merged minus apart
+    (the truth's profit per person and action; several fragments contacting one person each
+    count in full)."""
     root = inputs.data_dir.truth / "identity"
     if not root.exists():
         return None
@@ -407,10 +421,47 @@ def truth_merge(inputs: MaturityInputs) -> MergeValue | None:
               FROM identity i JOIN read_parquet('{root}/*.parquet') t USING (identifier)
               WHERE t.person_id IS NOT NULL GROUP BY 1),
             split AS (SELECT person FROM p GROUP BY 1 HAVING count(*) > 1)
-            SELECT i.identifier, i.{CUSTOMER_ID}, 'p_' || p.person AS grp
+            SELECT i.identifier, i.{CUSTOMER_ID}, 'p_' || p.person AS grp, p.person
             FROM identity i JOIN p USING ({CUSTOMER_ID}) JOIN split USING (person)"""
     ).df()
-    return merge_value(inputs, parts, "truth: merged by the true person")
+    method = "truth: merged by the true person"
+    if parts.empty:
+        return MergeValue(method, 0, 0, 0.0, true_value_per_year=0.0)
+    apart = group_decisions(inputs, parts.assign(grp=parts[CUSTOMER_ID]))
+    together = group_decisions(inputs, parts)
+    person = parts.drop_duplicates("grp").set_index("grp")["person"]
+    person_of_customer = parts.drop_duplicates(CUSTOMER_ID).set_index(CUSTOMER_ID)["person"]
+    per_year = inputs.cfg.decisions_per_year
+    expected, true = 0.0, 0.0
+    for sign, found, persons in ((-1, apart, person_of_customer), (1, together, person)):
+        if found is None:
+            continue
+        groups, dec = found
+        expected += sign * float(expected_profit(dec.scored.score, dec.probabilities).sum())
+        truth = true_profit_matrix(inputs, persons.reindex(groups).to_numpy(), dec)
+        true += sign * float(np.nansum(dec.probabilities[:, 1:] * truth))
+    return MergeValue(
+        method,
+        int(parts[CUSTOMER_ID].nunique()),
+        int(parts["grp"].nunique()),
+        expected * per_year,
+        "true profit: the truth's, of the same decisions; a lower bound (each fragment's "
+        "contact to one person counted in full)",
+        true * per_year,
+    )
+
+
+def true_profit_matrix(inputs: MaturityInputs, persons: np.ndarray, dec: Decisions) -> np.ndarray:
+    """persons x the decisions' actions: margin x true uplift x true order value - cost at the
+    end of the history, from the synthetic world's truth/customer_actions (NaN if unknown)."""
+    root = inputs.data_dir.truth / "customer_actions"
+    table = inputs.con.sql(
+        f"SELECT person_id, action_id, incremental * expected_value AS gain "
+        f"FROM read_parquet('{root}/*.parquet')"
+    ).df()
+    wide = table.pivot(index="person_id", columns="action_id", values="gain")
+    gain = wide.reindex(index=persons, columns=dec.scored.action_ids).to_numpy(dtype=float)
+    return dec.scored.margin * gain - dec.scored.cost
 
 
 def attribute_merge(inputs: MaturityInputs) -> MergeValue:
@@ -727,6 +778,8 @@ class Maturity:
         m["recognition_value_split"] = rv.split.value_per_year
         if rv.truth is not None:
             m["recognition_value_truth"] = rv.truth.value_per_year
+            if rv.truth.true_value_per_year is not None:
+                m["recognition_true_profit_truth"] = rv.truth.true_value_per_year
         for i, row in self.data_use.summary.iterrows():
             m[f"data_use.group{i}.expected_profit_mean"] = float(
                 np.nan_to_num(row["expected_profit_mean"])

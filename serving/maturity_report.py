@@ -141,8 +141,9 @@ def render(m: Maturity, figs: dict[str, Figure]) -> str:
             {
                 "re-resolution": v.method,
                 "fragments": v.fragments,
-                "merged into": v.merged if v.merged else None,
+                "merged into": f"{v.merged:,}" if v.merged else "—",
                 "value a year": v.value_per_year,
+                "true profit a year": v.true_value_per_year,
                 "note": v.note,
             }
             for v in merges
@@ -150,7 +151,10 @@ def render(m: Maturity, figs: dict[str, Figure]) -> str:
     )
     check = (
         f"The estimate, <b>{rv.estimate:,.2f}</b> a year, stands beside the truth "
-        f"(merging every person's fragments): <b>{rv.truth.value_per_year:,.2f}</b>."
+        f"(merging every person's fragments): <b>{rv.truth.value_per_year:,.2f}</b>; the "
+        f"truth's own incremental profit of those same decisions, merged minus apart, is "
+        f"{rv.truth.true_value_per_year:,.2f} a year (a lower bound: the truth knows one "
+        f"contact's effect, so every fragment's contact to the same person counts in full)."
         if rv.truth is not None
         else "No truth table in this data directory: the estimate cannot be checked here."
     )
