@@ -1,8 +1,9 @@
 """How the `nba` command line fails: a user's error is one line and exit code 2, a bug a traceback.
 
 A user error is what the user fixes: bad data or configuration, a missing input file, commands
-run in the wrong order (`features.errors.UserError` and FileNotFoundError), and the command
-line's own usage errors (a missing option, a directory that does not exist). Each prints
+run in the wrong order (`features.errors.UserError` and FileNotFoundError; a path that is a
+folder or cannot be written: IsADirectoryError, NotADirectoryError, PermissionError), and the
+command line's own usage errors (a missing option, a directory that does not exist). Each prints
 `nba <command>: <message>` on standard error, on one line, and exits with code 2. `nba --debug`
 (or NBA_DEBUG=1) re-raises it with its traceback instead, and lets MLflow log as it likes;
 without it MLflow's own INFO and WARNING lines are silenced (MLFLOW_LOGGING_LEVEL set by the
@@ -49,6 +50,9 @@ def _message(exc: Exception) -> str | None:
         return exc.format_message()
     if isinstance(exc, UserError | FileNotFoundError):
         return str(exc)
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
+        # a path the user gave (--out a folder, a file they cannot write): theirs to fix
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
     return None
 
 
