@@ -87,7 +87,8 @@ def _resolve_customer(con, key: str) -> str:
     ).fetchall()
     if not found:
         raise typer.BadParameter(
-            f"{key!r} is neither a customer_id nor a known identifier (type:value)",
+            f"{key[:80]!r}{'...' if len(key) > 80 else ''} is neither a customer_id nor a "
+            "known identifier (type:value)",
             param_hint="--customer",
         )
     return found[0][0]
