@@ -195,6 +195,14 @@ class MaturityConfig(Strict):
         "customers in the re-resolution that estimates what recognition is worth; None: every "
         "profile column.",
     )
+    match_max_shared_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="No attribute merge when more than this share of the customers table's rows "
+        "share their match values with another row: the attributes do not identify people "
+        "(age and job, say) and would merge strangers.",
+    )
     recognition_sample: int = Field(
         default=2000,
         ge=10,

@@ -30,6 +30,7 @@ from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
 from features.contract import AMOUNT, CHANNEL, CUSTOMER_ID, CUSTOMER_KEY, DataDir
 from features.definitions import FeatureConfig
+from features.errors import UserError
 from serving.catalogue import NOTHING
 from serving.config import MaturityConfig
 from serving.contact_policy import consent_column
@@ -473,23 +474,59 @@ def attribute_merge(inputs: MaturityInputs) -> MergeValue:
         wanted = [c for c in cols if c not in (CUSTOMER_ID, CUSTOMER_KEY)]
     missing = [c for c in wanted if c not in cols]
     if missing:
-        from features.errors import UserError
-
         raise UserError(f"maturity.match_columns: {missing} not in the customers table {cols}")
     method = "estimate: merged by equal customer attributes"
     if not wanted:
         return MergeValue(method, 0, 0, 0.0, "no customers table attributes to match on")
     key = " || '\x1f' || ".join(f"coalesce(CAST(\"{c}\" AS VARCHAR), '')" for c in wanted)
     present = " AND ".join(f'"{c}" IS NOT NULL' for c in wanted)
-    parts = inputs.con.sql(
-        f"""WITH k AS (SELECT {CUSTOMER_ID}, {key} AS k FROM customers WHERE {present}),
-            g AS (SELECT k, 'a_' || md5(k) AS grp FROM k GROUP BY k
-                  HAVING count(DISTINCT {CUSTOMER_ID}) > 1)
-            SELECT i.identifier, i.{CUSTOMER_ID}, g.grp
-            FROM k JOIN g USING (k) JOIN identity i USING ({CUSTOMER_ID})"""
-    ).df()
+    con = inputs.con
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _nba_keys AS
+            SELECT {CUSTOMER_ID}, {key} AS k, count(*) OVER (PARTITION BY {key}) AS same
+            FROM customers WHERE {present}"""
+    )
+    rows, shared = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE same > 1) FROM _nba_keys"
+    ).fetchall()[0]
     note = f"matched on {', '.join(wanted)}"
+    share = shared / rows if rows else 0.0
+    if share > inputs.cfg.match_max_shared_share:
+        return MergeValue(
+            method,
+            0,
+            0,
+            0.0,
+            f"{note}: no merge, the attributes do not identify people ({share:.1%} of the "
+            f"customers table's rows share their values with another; "
+            f"maturity.match_max_shared_share is {inputs.cfg.match_max_shared_share:g})",
+        )
+    parts = con.sql(
+        f"""SELECT i.identifier, i.{CUSTOMER_ID}, 'a_' || md5(k.k) AS grp
+            FROM _nba_keys k JOIN identity i USING ({CUSTOMER_ID}) WHERE k.same > 1"""
+    ).df()
+    precision = _same_person_share(inputs, parts)
+    if precision is not None:
+        note += f"; {precision:.0%} of the merged groups are one true person"
     return merge_value(inputs, parts, method, note)
+
+
+def _same_person_share(inputs: MaturityInputs, parts: pd.DataFrame) -> float | None:
+    """On a synthetic world: the share of merged groups whose identifiers are all one true
+    person (None without truth or without a merge)."""
+    root = inputs.data_dir.truth / "identity"
+    if not root.exists() or parts.empty:
+        return None
+    inputs.con.register("_nba_parts", parts)
+    try:
+        return inputs.con.execute(
+            f"""SELECT avg(CASE WHEN n = 1 THEN 1.0 ELSE 0.0 END) FROM (
+                  SELECT p.grp, count(DISTINCT t.person_id) AS n
+                  FROM _nba_parts p JOIN read_parquet('{root}/*.parquet') t USING (identifier)
+                  GROUP BY 1)"""
+        ).fetchall()[0][0]
+    finally:
+        inputs.con.unregister("_nba_parts")
 
 
 def split_estimate(inputs: MaturityInputs) -> tuple[MergeValue, pd.DataFrame]:
