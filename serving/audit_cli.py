@@ -47,8 +47,6 @@ def audit(
     the contact history as they stood when it went out, and report each contact that broke
     consent, a cap, the cool-down or quiet hours, with the rule and the evidence. Exit status:
     0 no violation, 1 violations found, 2 bad input or configuration."""
-    import pandas as pd
-
     from features.config import load_data_config, load_section
     from features.definitions import FeatureConfig
     from serving.audit import AuditRules, logged_contacts, replay, write_violations
@@ -65,14 +63,24 @@ def audit(
         con,
         logged_contacts(data, assignments),
         rules,
-        since=None if since is None else pd.Timestamp(since, tz="UTC"),
-        until=None if until is None else pd.Timestamp(until, tz="UTC"),
+        since=_utc(since),
+        until=_utc(until),
     )
     target = write_violations(report.violations, out or data / "audit" / "violations.parquet")
     _print(report, console, show)
     console.print(f"[green]wrote[/green] {target}")
     if len(report.violations):
         raise typer.Exit(EXIT_VIOLATIONS)
+
+
+def _utc(t: datetime | None):
+    """A time given on the line as a UTC Timestamp (a time without a zone is UTC)."""
+    import pandas as pd
+
+    if t is None:
+        return None
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def _print(report, console, show: int) -> None:
