@@ -146,6 +146,7 @@ class _Matcher:
 
     def __init__(self, person: Person, privacy: Pseudonymiser) -> None:
         self.values = person.values
+        self.array = pa.array(sorted(self.values), type=pa.string())
         self.privacy = privacy
 
     def hit(self, value: object) -> bool:
@@ -159,32 +160,65 @@ class _Matcher:
             return False  # a clear identifier and no secret: it cannot be this person's hash
 
     def column_mask(self, column: pa.ChunkedArray) -> pa.ChunkedArray | None:
-        """Rows of a string column holding one of the values (decided once per distinct value)."""
-        uniques = pc.unique(column).to_pylist()
-        hits = [u for u in uniques if self.hit(u)]
+        """Rows of a string column holding one of the values: exact matches in arrow, and the
+        distinct values that may be a clear identifier (a personal type's prefix) hashed."""
+        column = column.cast(pa.string())
+        hits = set(pc.unique(pc.filter(column, pc.is_in(column, self.array))).to_pylist())
+        if self.privacy.personal:
+            types = "|".join(self.privacy.personal)
+            maybe = pc.match_substring_regex(column, rf"^\s*(?i:{types})\s*:")
+            candidates = pc.unique(pc.filter(column, pc.fill_null(maybe, False))).to_pylist()
+            hits |= {u for u in candidates if self.hit(u)}
         if not hits:
             return None
-        return pc.fill_null(pc.is_in(column, pa.array(hits, type=column.type)), False)
+        return pc.fill_null(pc.is_in(column, pa.array(sorted(hits), type=pa.string())), False)
 
 
-def _scrub_parquet(path: Path, match: _Matcher) -> int:
-    table = pq.read_table(path)
+def _text_columns(schema: pa.Schema) -> list[str]:
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
+        or (pa.types.is_dictionary(f.type) and pa.types.is_string(f.type.value_type))
+    ]
+
+
+def _group_mask(table: pa.Table, match: _Matcher) -> pa.ChunkedArray | None:
     mask = None
     for col in table.columns:
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            if pa.types.is_dictionary(col.type):
-                col = col.cast(pa.string())
-            else:
-                continue
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(pa.string())
         m = match.column_mask(col)
         if m is not None:
             mask = m if mask is None else pc.or_(mask, m)
-    if mask is None:
+    return mask
+
+
+def _scrub_parquet(path: Path, match: _Matcher) -> int:
+    """Rewrite a parquet file without the person's rows, a row group at a time (memory stays
+    at one row group); a file without them is not touched."""
+    file = pq.ParquetFile(path)
+    text = _text_columns(file.schema_arrow)
+    groups = range(file.num_row_groups)
+    hit = {
+        g
+        for g in groups
+        if text and _group_mask(file.read_row_group(g, columns=text), match) is not None
+    }
+    if not text or not hit:
         return 0
-    removed = int(pc.sum(mask).as_py() or 0)
+    removed = 0
     tmp = _atomic_path(path)
     try:
-        pq.write_table(table.filter(pc.invert(mask)), tmp, compression="zstd")
+        with pq.ParquetWriter(tmp, file.schema_arrow, compression="zstd") as out:
+            for g in groups:
+                table = file.read_row_group(g)
+                mask = _group_mask(table.select(text), match) if g in hit else None
+                if mask is not None:
+                    removed += int(pc.sum(mask).as_py() or 0)
+                    table = table.filter(pc.invert(mask))
+                out.write_table(table)
         _replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
