@@ -44,6 +44,7 @@ from features.tombstones import (
     append_erasure,
     erasure_dir,
     now_iso,
+    read_erasures,
     read_salt,
     salted_hash,
 )
@@ -78,6 +79,7 @@ class ErasureReport:
     online_events: int = 0
     input_examples: int = 0  # MLflow input examples emptied
     store_rebuilt: bool = False
+    again: bool = False  # the key was erased before: this run cleaned every place again
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,21 +344,35 @@ def forget(
     dd = data_dir if isinstance(data_dir, DataDir) else DataDir(Path(data_dir))
     privacy = Pseudonymiser.from_env(config.identity.personal_types)
     key = privacy.hash_key(key.strip()) or key
-    person = find_person(dd, store, key)
-    if not person.customer_ids and not _mentioned(dd, person, privacy):
+    again = _erased_before(dd, key)
+    cleanup = False
+    try:
+        person = find_person(dd, store, key)
+    except UserError:
+        if not again:
+            raise
+        # erased before (perhaps interrupted): clean every place again, no new record
+        cleanup = True
+        is_id = KEY_SEPARATOR in key
+        person = Person(
+            frozenset() if is_id else frozenset({key}), frozenset({key} if is_id else ())
+        )
+    cleanup = cleanup or (again and not person.customer_ids)
+    if not again and not person.customer_ids and not _mentioned(dd, person, privacy):
         raise UserError(f"no customer known by {key!r} in {dd.root}")
     salt = read_salt(dd, create=True)
     assert salt is not None
     at = now_iso()
-    append_erasure(
-        dd,
-        {
-            "at": at,
-            "identifiers": sorted(salted_hash(salt, i) for i in person.identifiers),
-            "customers": sorted(salted_hash(salt, c) for c in person.customer_ids),
-        },
-    )
-    report = ErasureReport(at, len(person.identifiers), len(person.customer_ids))
+    if not cleanup:
+        append_erasure(
+            dd,
+            {
+                "at": at,
+                "identifiers": sorted(salted_hash(salt, i) for i in person.identifiers),
+                "customers": sorted(salted_hash(salt, c) for c in person.customer_ids),
+            },
+        )
+    report = ErasureReport(at, len(person.identifiers), len(person.customer_ids), again=again)
     if store is not None:
         for cid in sorted(person.customer_ids) or [""]:
             report.online_events += store.forget_customer(cid, sorted(person.identifiers))
@@ -377,6 +393,15 @@ def forget(
         )
         report.store_rebuilt = True
     return report
+
+
+def _erased_before(dd: DataDir, key: str) -> bool:
+    """Whether the erasure log holds the key (an identifier or a customer_id)."""
+    salt = read_salt(dd)
+    if salt is None:
+        return False
+    h = salted_hash(salt, key)
+    return any(h in r.get("identifiers", []) + r.get("customers", []) for r in read_erasures(dd))
 
 
 def _mentioned(dd: DataDir, person: Person, privacy: Pseudonymiser) -> bool:

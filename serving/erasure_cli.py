@@ -46,6 +46,8 @@ def forget(
         if store is not None:
             store.close()
     rows = sum(report.rows_removed.values())
+    if report.again:
+        features_cli.console.print(f"{identifier} was already erased; every place cleaned again")
     features_cli.console.print(
         f"erased {report.identifiers} identifier(s) of {report.customers} customer(s) at "
         f"{report.at}: {rows:,} rows from {len(report.rows_removed)} file(s), "
