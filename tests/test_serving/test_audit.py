@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from features.config import DataConfig
 from features.contract import EVENT_SCHEMA, DataDir
 from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import open_store
+from features.event_store import ingest, open_store
 from features.streaming import StreamingUpdater
 from serving.audit import (
     COOLDOWN_RULE,
@@ -38,6 +38,7 @@ from serving.catalogue import Action, Catalogue
 from serving.cli import app
 from serving.config import Cap, ContactPolicy, Exploration, PolicyConfig, QuietHours
 from serving.contact_policy import eligibility
+from serving.decision_log import RealtimeDecisionLog
 from serving.policy import SENT, DecisionPolicy
 
 runner = CliRunner(env={"COLUMNS": "160"})
@@ -113,10 +114,28 @@ EXPECTED = {
 def test_planted_violations_are_found_exactly(tmp_path):
     root = tmp_path / "shop"
     _write_events(root, HISTORY + PLANTED)
+    ingest(DataDir(root), DATA, progress=False)
+    # the service's real-time log: a push it sent (legal) and a held-out SMS (no contact)
+    con = open_store(DataDir(root))
+    customer = con.execute("SELECT customer_id FROM identity WHERE identifier = 'crm:e'").fetchone()
+    log = RealtimeDecisionLog(DataDir(root))
+    for decision_id, channel, logged_as in [("d-rt-1", "push", "sent"), ("d-rt-2", "sms", "")]:
+        log.append(
+            {
+                "decision_id": decision_id,
+                "customer_id": customer[0],
+                "as_of": T + pd.Timedelta(hours=1),
+                "action_id": f"{channel}_newin",
+                "channel": channel,
+                "logged_as": logged_as,
+            }
+        )
+    log.close()
     out = tmp_path / "violations.csv"
     result = runner.invoke(app, ["audit", "--data", str(root), "--out", str(out)])
     assert result.exit_code == 1, result.output
-    assert "5 of 13 contacts broke a rule" in result.output
+    assert "5 of 14 contacts broke a rule" in result.output
+    assert "1 service" in result.output
     found = pd.read_csv(out)
     assert set(zip(found["contact_id"], found["rule"], strict=True)) == EXPECTED
     assert len(found) == len(EXPECTED)
