@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from real_like import run_nba
+from real_like import outbound_calls, run_nba
 
 from features.batch import BatchEngine
 from features.config import DataConfig
@@ -197,3 +197,44 @@ def test_the_report_without_truth(trained_world, tmp_path):
 
     page = write_report(report, tmp_path / "r.html", root, log_mlflow=False).read_text()
     assert "No truth table in this data directory" in page
+
+
+BANK = """\
+data:
+  identity:
+    identifier_types: [crm, email, phone, loyalty, device, card, bank]
+  channels:
+    call_centre:
+      response: purchase
+training:
+  labels:
+    purchase_horizon_days: 30
+policy:
+  scoring: response
+  contact_policy:
+    require_consent: false
+"""
+
+
+@pytest.mark.slow
+def test_the_report_on_a_banks_outbound_calls(tmp_path):
+    """A contract-conforming directory shaped like a real one (tests/real_like.py: one channel,
+    `bank:` keys, a customers table, no consents, no truth): the report runs; consent is not
+    valued (the policy does not require it) and age and job merge nobody."""
+    root = outbound_calls(tmp_path / "bank", customers=800, seed=12)
+    config = root / "nba.yaml"
+    config.write_text(BANK)
+    for command in ("ingest", "train"):
+        run_nba(command, "--data", str(root), "--config", str(config), check=0)
+    out = tmp_path / "report.html"
+    done = run_nba(
+        "maturity", "--data", str(root), "--config", str(config), "--out", str(out), check=0
+    )
+    said = " ".join(done.stdout.split())
+    assert "800 identifiers -> 800 customers; 100.0% of revenue" in said
+    assert "does not require consent" in said and "from the truth" not in said
+    assert "recognition is worth 0.00 a year (estimate)" in said
+    page = out.read_text()
+    assert "No truth table in this data directory" in page
+    assert "the attributes do not identify people" in page
+    assert page.count('src="data:image/png;base64,') == 4
