@@ -75,6 +75,21 @@ def campaign_version(campaign: Campaign, text: str = "") -> str:
     return "campaign-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def run_id(campaign_version: str, as_of: pd.Timestamp, versions: dict[str, str]) -> str:
+    """A run's id from what decides it (the campaign, the decision time, the model and policy
+    versions): a rerun on the same inputs, after a crash say, writes the same decision ids, so
+    logging it again duplicates no contact (the next ingest keeps one event per id)."""
+    payload = "|".join(
+        [
+            campaign_version,
+            str(pd.Timestamp(as_of)),
+            versions["model_version"],
+            versions["policy_version"],
+        ]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
 def score_campaign(
     policy: DecisionPolicy,
     offered: Catalogue,
@@ -199,7 +214,7 @@ def run_campaign(
         "policy_version": policy.version,
         "campaign_version": version,
     }
-    run = run or uuid.uuid4().hex[:12]
+    run = run or run_id(version, as_of, versions)
     table = assignment_frame(assignment_columns(scores, choice, campaign, offered, versions, run))
     return CampaignRun(table, scores, choice, solution, limits, offered, campaign, version)
 

@@ -92,20 +92,19 @@ def decision_events(table: pd.DataFrame, keys: pd.Series) -> pd.DataFrame:
 def write_decision_log(
     table: pd.DataFrame, data_dir: DataDir, con: duckdb.DuckDBPyConnection
 ) -> tuple[Path, Path]:
-    """Write a run's events (for the next ingest) and its full decision record."""
+    """Write a run's full decision record, then its events (for the next ingest), each under a
+    temporary name renamed when complete: a run killed half-way leaves no truncated file for
+    ingest to read, and its rerun (the same run id) rewrites both."""
+    from serving.campaign_job import write_atomically
+
     run = str(table["decision_id"].iloc[0]).rsplit("-", 1)[0]
     keys = canonical_keys(con, table[CUSTOMER_ID])
     events = decision_events(table, keys)
-    events_dir = data_dir.root / "events"  # read beside a single events file too
-    events_dir.mkdir(parents=True, exist_ok=True)
-    events_path = events_dir / f"decisions-{run}.parquet"
-    pq.write_table(
-        pa.Table.from_pandas(events, schema=EVENT_SCHEMA, preserve_index=False), events_path
-    )
-    record_dir = data_dir.root / DECISIONS_DIR
-    record_dir.mkdir(parents=True, exist_ok=True)
-    record_path = record_dir / f"{run}.parquet"
-    table.to_parquet(record_path, index=False)
+    record_path = data_dir.root / DECISIONS_DIR / f"{run}.parquet"
+    write_atomically(record_path, lambda p: table.to_parquet(p, index=False))
+    arrow = pa.Table.from_pandas(events, schema=EVENT_SCHEMA, preserve_index=False)
+    events_path = data_dir.root / "events" / f"decisions-{run}.parquet"  # beside a single file too
+    write_atomically(events_path, lambda p: pq.write_table(arrow, p))
     return events_path, record_path
 
 

@@ -27,7 +27,7 @@ from features.contract import EVENT_SCHEMA, DataDir
 from features.event_store import ingest, open_store
 from serving.assignment import solve_lp
 from serving.campaign import parse_campaign
-from serving.campaign_job import ASSIGNMENTS, SUMMARY, run_campaign
+from serving.campaign_job import ASSIGNMENTS, SUMMARY, run_campaign, summary
 from serving.catalogue import NOTHING
 from serving.cli import app
 from serving.config import PolicyConfig
@@ -273,6 +273,27 @@ def test_a_killed_run_leaves_no_file_that_looks_finished(trained_world, tmp_path
             assert len(pd.read_parquet(final)) == len(trained_world.features)
         if (out / SUMMARY).exists():
             assert final.exists()
+    # rerun into the first killed run's folder: it finishes with the uninterrupted run's result,
+    # decision ids included (a run's id comes from its inputs)
+    rerun = tmp_path / "out-4.0"
+    subprocess.run(
+        [*cmd, "--out", str(rerun)],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    from serving.campaign import load_campaign
+    from serving.policy import load_policy
+
+    served = load_policy(trained_world.data_dir.root, PolicyConfig(), DataConfig())
+    plan, text = load_campaign(file, served.catalogue, served.data)
+    clean = run_campaign(served, plan, trained_world.features, trained_world.end, text=text)
+    clean.table.to_parquet(tmp_path / "clean.parquet", index=False)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(rerun / ASSIGNMENTS), pd.read_parquet(tmp_path / "clean.parquet")
+    )
+    expected = json.loads(json.dumps(summary(clean), default=float))
+    assert json.loads((rerun / SUMMARY).read_text()) == expected
     # the product's own guarantee, checked without timing luck: a write that fails half-way
     from serving.campaign_job import write_atomically
 
