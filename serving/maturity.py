@@ -592,6 +592,9 @@ def split_estimate(inputs: MaturityInputs) -> tuple[MergeValue, pd.DataFrame]:
     table = pd.DataFrame(
         rows, columns=["identifier_type", "fragments", "sampled", "value_each", "value_total"]
     )
+    truth = [_true_fragment_value(inputs, kind) for kind in table["identifier_type"]]
+    if any(v is not None for v in truth):
+        table["true_value_each"] = [np.nan if v is None else v for v in truth]
     return (
         MergeValue(
             "estimate: linked customers split apart, per fragment type",
@@ -603,6 +606,37 @@ def split_estimate(inputs: MaturityInputs) -> tuple[MergeValue, pd.DataFrame]:
         ),
         table,
     )
+
+
+def _true_fragment_value(inputs: MaturityInputs, kind: str) -> float | None:
+    """On a synthetic world, the split estimate's figure from the truth: each unlinked
+    fragment of type `kind` without attributes joined to its person's largest customer, the
+    mean gain a year (None without truth or such fragments)."""
+    root = inputs.data_dir.truth / "identity"
+    if not root.exists():
+        return None
+    parts = inputs.con.sql(
+        f"""WITH p AS (
+              SELECT i.{CUSTOMER_ID}, mode(t.person_id) AS person, count(*) AS n
+              FROM identity i JOIN read_parquet('{root}/*.parquet') t USING (identifier)
+              WHERE t.person_id IS NOT NULL GROUP BY 1),
+            frag AS (
+              SELECT p.{CUSTOMER_ID}, p.person FROM p JOIN identity i USING ({CUSTOMER_ID})
+              WHERE p.n = 1 AND i.identifier_type = '{kind}'
+                AND p.{CUSTOMER_ID} NOT IN (SELECT {CUSTOMER_ID} FROM customers)),
+            main AS (
+              SELECT person, arg_max({CUSTOMER_ID}, n) AS main FROM p
+              WHERE {CUSTOMER_ID} NOT IN (SELECT {CUSTOMER_ID} FROM frag) GROUP BY 1),
+            joined AS (
+              SELECT f.{CUSTOMER_ID}, m.main FROM frag f JOIN main m USING (person)
+              UNION SELECT DISTINCT m.main, m.main FROM frag f JOIN main m USING (person))
+            SELECT i.identifier, j.{CUSTOMER_ID}, j.main AS grp
+            FROM joined j JOIN identity i USING ({CUSTOMER_ID})"""
+    ).df()
+    fragments = int((parts[CUSTOMER_ID] != parts["grp"]).groupby(parts[CUSTOMER_ID]).any().sum())
+    if not fragments:
+        return None
+    return merge_value(inputs, parts, "truth").value_per_year / fragments
 
 
 @dataclass

@@ -49,6 +49,14 @@ def figures(m: Maturity) -> dict[str, Figure]:
         ax2.bar(x, by_month["grants"], width=20, color=COLOURS[2], label="grants")
         ax2.bar(x, -by_month["revocations"], width=20, color=COLOURS[1], label="revocations")
         ax2.legend(fontsize=7)
+        later = by_month["grants"].iloc[1:]
+        if len(later) and by_month["grants"].iloc[0] > 3 * max(later.max(), 1):
+            # the first month holds the consents the history opens with: keep the rest readable
+            top = 1.3 * max(later.max(), by_month["revocations"].max(), 1)
+            ax2.set_ylim(-top, top)
+            ax2.annotate(
+                f"{by_month['grants'].iloc[0]:,}", (x[0], top * 0.9), ha="center", fontsize=7
+            )
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set(title="grants and revocations per month (all channels)", ylabel="events")
     for ax in (ax1, ax2):
