@@ -310,3 +310,20 @@ def test_the_online_store_forgets_a_customer(opener, tmp_path):
         for needle in ["crm:erase-me", "erase-hash", cid]:
             assert needle.encode() not in dump, needle
         assert b"crm:stay" in dump
+
+
+def test_the_service_gate_rejects_clear_identifiers_without_a_secret(tmp_path, monkeypatch):
+    from serving.erasure import CLEAR_IDENTIFIER, PrivacyGate
+
+    monkeypatch.delenv(SECRET_VARIABLE, raising=False)
+    gate = PrivacyGate(DataDir(tmp_path), DataConfig())
+    records = [
+        {"customer_key": "email:someone@example.com", "ts": now_iso()},
+        {"customer_key": "crm:1", "link_key": "phone:+44 20 7946 0958", "ts": now_iso()},
+        {"customer_key": "email:9975ea27e97e570e", "ts": now_iso()},
+    ]
+    assert gate.screen(records, store=None) == {0: CLEAR_IDENTIFIER, 1: CLEAR_IDENTIFIER}
+    assert records[2]["customer_key"] == "email:9975ea27e97e570e"
+    monkeypatch.setenv(SECRET_VARIABLE, "short")
+    with pytest.raises(ValueError, match="at least 16"):
+        PrivacyGate(DataDir(tmp_path), DataConfig())
