@@ -52,7 +52,8 @@ def _message(exc: Exception) -> str | None:
         return str(exc)
     if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
         # a path the user gave (--out a folder, a file they cannot write): theirs to fix
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+        path = exc.filename2 or exc.filename  # a rename's target, else the path
+        return f"{exc.strerror}: {path}" if path else str(exc)
     return None
 
 

@@ -127,6 +127,30 @@ def plain_validation_errors(send: Send) -> Send:
     return wrapped
 
 
+def json_not_found(send: Send, path: str) -> Send:
+    """`send` with the framework's plain-text 404 and 405 (no such route, e.g. a path that
+    climbs out with `..`) answered as JSON naming the path, like every other refusal."""
+    replaced = False
+
+    async def wrapped(message: Message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message.get("status") in (404, 405):
+            kind = dict(message.get("headers") or []).get(b"content-type", b"")
+            if not kind.startswith(b"application/json"):
+                replaced = True
+                what = "no such endpoint" if message["status"] == 404 else "method not allowed"
+                shown = path if len(path) <= 200 else f"{path[:200]}..."
+                await send_json(
+                    send, message["status"], {"error": f"{what}: {shown}", "field": "path"}
+                )
+                return
+        if replaced:
+            return  # the framework's own body of the replaced answer
+        await send(message)
+
+    return wrapped
+
+
 class HttpGuard:
     """Token on `protected` paths, body limit and JSON check on every POST."""
 
@@ -164,7 +188,7 @@ class HttpGuard:
             await send_json(send, 401, {"error": error, "field": "Authorization"})
             return
         if scope.get("method") != "POST":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, json_not_found(send, path))
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -205,7 +229,7 @@ class HttpGuard:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, plain_validation_errors(send))
+        await self.app(scope, replay, plain_validation_errors(json_not_found(send, path)))
 
     def _authorised(self, scope: Scope) -> bool:
         """The Authorization header's bearer token matches; never a token in the URL."""
