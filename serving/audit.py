@@ -345,11 +345,13 @@ def _quiet(con: duckdb.DuckDBPyConnection, rules: AuditRules) -> pd.DataFrame:
         f"WHERE audited AND channel IN {_list(rules.realtime)}"
     ).df()
     ts = pd.to_datetime(c["ts"], utc=True)
-    quiet = q.is_quiet(local_hour(ts, len(c), q.utc_offset_hours)) if len(c) else []
-    v, ts = c[np.asarray(quiet, dtype=bool)], ts[np.asarray(quiet, dtype=bool)]
+    quiet = np.asarray(q.is_quiet(local_hour(ts, len(c), q.utc_offset_hours)), dtype=bool)
+    if not quiet.any():
+        return pd.DataFrame({"contact_id": pd.Series(dtype=str), "evidence": pd.Series(dtype=str)})
+    v, ts = c[quiet], ts[quiet]
     local = (ts + pd.to_timedelta(q.utc_offset_hours, unit="h")).dt.strftime("%H:%M")
     span = f"quiet {q.start_hour:02d}:00-{q.end_hour:02d}:00 (UTC{q.utc_offset_hours:+g})"
-    evidence = "on " + v["channel"] + " at " + local + " local time, " + span
+    evidence = "on " + v["channel"].astype(str) + " at " + local + " local time, " + span
     return pd.DataFrame(
         {"contact_id": v["contact_id"].astype(str).to_numpy(), "evidence": evidence.to_numpy()}
     )
