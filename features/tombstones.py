@@ -124,7 +124,9 @@ class Tombstones:
             if not erased:
                 continue
             try:
-                ts = int(pd.Timestamp(r.get(TS)).tz_localize(None).value // 1000)
+                t = pd.Timestamp(r.get(TS))
+                t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+                ts = int(t.value // 1000)
             except (ValueError, TypeError):
                 continue  # an unreadable time is validation's to reject
             if r.get(EVENT_TYPE) == CONSENT_GRANTED:
