@@ -480,6 +480,7 @@ class OnlineStoreBase(ABC):
         self._channels = frozenset(data.channel_names)
         self._event_types = frozenset(data.event_types.all)
         self._future_us = data.validation.future_tolerance_seconds * 1_000_000
+        self._identity = data.identity
         earliest = pd.Timestamp(data.validation.earliest_timestamp)
         earliest = earliest.tz_localize("UTC") if earliest.tzinfo is None else earliest
         self._earliest_us = earliest.value // 1000
@@ -859,7 +860,11 @@ class OnlineStoreBase(ABC):
         out = set()
         for i in valid:
             ck, lk = b.customer_key[i], b.link_key[i]
-            if ck in idmap or (lk is not None and lk in idmap):
+            if ck in idmap:
+                continue
+            if lk is not None and lk != ck:
+                out.add(customer_id_of(ck))  # ck on its own if lk is a shared identifier
+            if lk is not None and lk in idmap:
                 continue
             out.add(customer_id_of(ck if lk is None or lk == ck else min(ck, lk)))
         return out
@@ -875,12 +880,28 @@ class OnlineStoreBase(ABC):
         states: dict[str, CustomerState | None],
         load_state: Callable[[str], CustomerState | None],
         log_us: int | None,
+        identifier_count: Callable[[str], int] | None = None,
     ) -> _Plan:
         """The batch applied in memory, in the order of `valid`: duplicates marked in `reasons`,
         identities resolved online, states updated. `states` holds the stored states read so
-        far (None: no state); `load_state` reads one more."""
+        far (None: no state); `load_state` reads one more. `identifier_count` (a customer's
+        stored identifiers) bounds links online as batch resolution's shared-identifier guard
+        does: a known identifier whose customer already holds more than its type's limit
+        (data.identity) takes no more; the new one becomes a customer of its own (unmerged)."""
         plan = _Plan({}, [], [], [])
         apply = self.updater.apply
+        stored: dict[str, int] = {}  # identifiers a customer held before the batch
+        added: dict[str, int] = {}  # and those the batch gave it so far
+
+        def full(cid: str, known: str) -> bool:
+            if identifier_count is None:
+                return False
+            if cid not in stored:
+                stored[cid] = identifier_count(cid)
+            limit = self._identity.limit_for(known.partition(KEY_SEPARATOR)[0])
+            # the known identifier's links to the others would pass its limit
+            return stored[cid] + added.get(cid, 0) > limit
+
         for i in valid:
             eid, ts = b.event_id[i], b.ts_us[i]
             if (watermark is not None and ts < watermark) or eid in seen:
@@ -895,13 +916,19 @@ class OnlineStoreBase(ABC):
             if cid is not None:
                 if lk is not None:
                     other = idmap.get(lk)
-                    if other is None:
+                    if other is None and not full(cid, ck):
                         adds.append(lk)
+                    elif other is None:
+                        merge_conflict = True  # lk waits for an event of its own
                     elif other != cid:
                         merge_conflict = True
-            elif lk is not None and lk in idmap:
+            elif lk is not None and lk in idmap and not full(idmap[lk], lk):
                 cid = idmap[lk]
                 adds.append(ck)
+            elif lk is not None and lk in idmap:  # a shared identifier: ck on its own
+                adds = [ck]
+                cid = customer_id_of(ck)
+                merge_conflict = True
             else:
                 adds = [ck] if lk is None else [ck, lk]
                 cid = customer_id_of(min(adds))
@@ -925,6 +952,8 @@ class OnlineStoreBase(ABC):
             for ident in adds:
                 idmap[ident] = cid
                 plan.identity.append((ident, cid))
+            if adds:
+                added[cid] = added.get(cid, 0) + len(adds)
             plan.unmerged += merge_conflict
         return plan
 
@@ -1238,6 +1267,11 @@ class OnlineStore(OnlineStoreBase):
             out += self._con.execute(sql, (json.dumps(chunk),)).fetchall()
         return out
 
+    def _identifier_count(self, customer_id: str) -> int:
+        return self._con.execute(
+            "SELECT count(*) FROM identity WHERE customer_id = ?", (customer_id,)
+        ).fetchone()[0]
+
     def _state_of(self, customer_id: str) -> tuple[int, bytes, bytes] | None:
         return self._con.execute(
             "SELECT last_us, base, win FROM state WHERE customer_id = ?", (customer_id,)
@@ -1310,6 +1344,7 @@ class OnlineStore(OnlineStoreBase):
             states,
             load_state,
             log_us,
+            self._identifier_count,
         )
         con.executemany(_UPSERT_STATE, [(cid, *self._encode(s)) for cid, s in plan.states.items()])
         con.executemany("INSERT INTO applied (event_id, ts_us) VALUES (?, ?)", plan.applied)

@@ -390,6 +390,9 @@ class RedisOnlineStore(OnlineStoreBase):
                         states,
                         _never_loaded,
                         log_us,
+                        # read outside the transaction: the guard may let a link or two more
+                        # through under concurrent writers, never a merge of everyone
+                        lambda c: int(self._r.scard(self._k_ids(c))),
                     )
                     pipe.multi()
                     self._write(pipe, plan)

@@ -459,3 +459,34 @@ def test_unreadable_environment_is_not_a_traceback(tmp_path):
     assert "--customers" in line
     assert not (tmp_path / "w").exists()
     assert os.environ.get("NBA_DEBUG", "") in ("", "0")
+
+
+def test_ten_thousand_identifiers_linked_to_one_card_online(opener):
+    """The same card through POST /events' path (both backends): the card's customer takes
+    links up to the shared-identifier limit, then each device stays a customer of its own."""
+    store = opener()
+    ts = pd.Timestamp.now(tz="UTC").isoformat()
+    unmerged = 0
+    try:
+        for batch in range(10):
+            rows = [
+                {
+                    "event_id": f"e{batch}-{i}",
+                    "ts": ts,
+                    "customer_key": f"device:{batch}-{i}",
+                    "link_key": "card:guest",
+                    "channel": "store",
+                    "event_type": "visit",
+                }
+                for i in range(1000)
+            ]
+            report = store.apply_records(rows, log=True)
+            assert report.applied == report.received == 1000
+            unmerged += report.unmerged_links
+        limit = DataConfig().identity.limit_for("card")
+        card = store.identifiers(store.resolve("card:guest"))
+        assert 1 < len(card) <= limit + 2, len(card)
+        assert unmerged == 10_000 - (len(card) - 1)
+        assert store.identifiers(store.resolve("device:9-999")) == ["device:9-999"]
+    finally:
+        store.close()
