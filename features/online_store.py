@@ -30,9 +30,10 @@ Identity online: a known `customer_key` (else `link_key`) finds its customer; an
 identifier becomes a new customer whose id follows `features.identity`'s rule ("c_" + 16 hex
 digits of md5 of the component's smallest identifier), and a `link_key` of a known customer adds
 the new identifier to that customer. Links between two already known, different customers are
-counted (`ApplyReport.unmerged_links`) but not merged: merging, the shared-identifier guard and
+counted (`ApplyReport.unmerged_links`) but not merged: merging, cutting a shared identifier and
 ids that change when a smaller identifier joins are the batch resolution's job, and a
-re-materialisation takes them over.
+re-materialisation takes them over. Online, a customer whose identifier already has more links
+than its type's limit (data.identity) takes no more: the new identifier stays on its own.
 """
 
 from __future__ import annotations
