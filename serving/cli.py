@@ -260,7 +260,6 @@ def predict(
     purchase horizon, spend if they buy and expected value, P(response) per outbound channel,
     uplift per catalogue action, BG/NBD's expected purchases and P(alive), where the bundle has
     those models. Written to a temporary name, then renamed."""
-    import mlflow.pyfunc
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -274,6 +273,7 @@ def predict(
     from training import registry
     from training.config import load_training_config
     from training.datasets import data_end
+    from training.model_safety import load_verified
 
     console = features_cli.console
     data_cfg = load_data_config(config)
@@ -282,10 +282,10 @@ def predict(
     policy_cfg = load_policy_config(config)
     con = features_cli._open_current_store(data, config)
     registry.configure_tracking(data)
-    if registry.alias_version(alias) is None:
+    version = registry.alias_version(alias)
+    if version is None:
         raise NoBundle(f"no model bundle has the alias `{alias}`: run `nba train` first")
-    loaded = mlflow.pyfunc.load_model(registry.model_uri(alias))
-    bundle = loaded.unwrap_python_model().bundle
+    bundle = load_verified(version)  # the registered files, checked against their SHA-256
     catalogue = load_catalogue(policy_cfg.catalogue)[0] if bundle.uplift is not None else None
     horizon = bundle.trained_on.get("purchase_horizon_days", horizon)
     t = data_end(con) if as_of is None else pd.Timestamp(as_of)
