@@ -193,7 +193,8 @@ def _text(value: str) -> str:
 
 def _contacts_table(con: duckdb.DuckDBPyConnection, logged: pd.DataFrame, rules: AuditRules):
     """_audit_contacts: one row a contact id, from the event store's contact events and our
-    logged decisions; `audited` set later for the span under audit."""
+    logged decisions (`audited` is set later for the span under audit); _audit_history: the
+    store's consent and opt-out events."""
     frame = logged.copy()
     frame["priority"] = frame["source"].map(_PRIORITY).astype("int64")
     con.register("_audit_logged", frame)
@@ -226,6 +227,11 @@ def _contacts_table(con: duckdb.DuckDBPyConnection, logged: pd.DataFrame, rules:
         )
     finally:
         con.unregister("_audit_logged")
+    kinds = (rules.consent_granted, *rules.revoking_types, *rules.negative_types)
+    con.execute(  # the consent and opt-out events, read from the store once for every rule
+        "CREATE OR REPLACE TEMP TABLE _audit_history AS SELECT customer_id, channel, "
+        f"ts::TIMESTAMPTZ AS ts, event_id, event_type FROM events WHERE event_type IN {_list(kinds)}"
+    )
 
 
 def _consent_sql(rules: AuditRules) -> str:
@@ -238,11 +244,11 @@ def _consent_sql(rules: AuditRules) -> str:
             WHERE audited AND channel IN {_list(rules.outbound)}
         ),
         g AS (
-            SELECT customer_id, channel, ts, event_id FROM events
+            SELECT customer_id, channel, ts, event_id FROM _audit_history
             WHERE event_type = {granted}
         ),
         r AS (
-            SELECT customer_id, channel, ts, event_id, event_type FROM events
+            SELECT customer_id, channel, ts, event_id, event_type FROM _audit_history
             WHERE event_type IN {_list(rules.revoking_types)}
         ),
         j AS (
@@ -283,7 +289,7 @@ def _cooldown_sql(rules: AuditRules) -> str:
     return f"""
         WITH c AS (SELECT contact_id, customer_id, ts, ts_us FROM _audit_contacts WHERE audited),
         n AS (
-            SELECT customer_id, channel, ts, event_id, event_type FROM events
+            SELECT customer_id, channel, ts, event_id, event_type FROM _audit_history
             WHERE event_type IN {_list(rules.negative_types)}
         ),
         j AS (
