@@ -152,7 +152,7 @@ def _sent(records: pd.DataFrame, source: str, immediate: bool) -> pd.DataFrame:
 def _batch_file(path: Path) -> pd.DataFrame:
     """A batch run's decision record or a campaign's assignments: the ones that chose to send."""
     try:
-        names = pq.read_schema(path).names
+        names = pq.ParquetDataset(path).schema.names  # a file, or a folder of parts (Spark)
     except (OSError, pa.ArrowInvalid) as exc:
         raise UserError(f"{path}: not a readable parquet file ({exc})") from None
     _check_record(names, str(path), [*_RECORD_COLUMNS, "send_hour"])
