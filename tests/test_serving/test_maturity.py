@@ -105,6 +105,21 @@ def test_a_consent_on_a_channel_without_actions_is_worth_nothing(trained_world):
     assert email["actions"] > 0 and email["without_consent"] > 0
     assert values.per_customer["email"]["value"].abs().max() > 0
     assert email["value_top_decile"] >= email["value_mean"]
+    # the real policy, given the consent, contacts the customer it is worth most for by e-mail
+    top = int(
+        np.argmax(
+            np.where(
+                has_email := trained_world.features["email_consent"] > 0.5,
+                -np.inf,
+                values.per_customer["email"]["value"],
+            )
+        )
+    )
+    assert not has_email.iloc[top]
+    one = trained_world.features.iloc[[top]].copy()
+    one["email_consent"] = 1.0
+    decision = inputs.policy.decide(one, reasons=False).table.iloc[0]
+    assert decision["channel"] == "email" and decision["score"] > 0
     # the customers with consent are valued by what losing it costs; without, by the gain
     per = values.per_customer["email"]
     assert len(per) == len(trained_world.features)
