@@ -202,27 +202,27 @@ def _contacts_table(con: duckdb.DuckDBPyConnection, logged: pd.DataFrame, rules:
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE _audit_contacts AS
-            WITH found AS (
-                SELECT event_id AS contact_id, {_text(SOURCE_EVENTS)} AS source,
-                       {_PRIORITY[SOURCE_EVENTS]} AS priority, customer_id, channel,
-                       action_id, ts::TIMESTAMPTZ AS ts, NULL::TIMESTAMPTZ AS decided_at
+            WITH store AS (
+                SELECT event_id AS contact_id, customer_id, channel, action_id,
+                       ts::TIMESTAMPTZ AS ts
                 FROM events WHERE event_type IN {_list(rules.contact_types)}
-                UNION ALL
-                SELECT contact_id, source, priority, customer_id, channel, action_id,
-                       ts::TIMESTAMPTZ, decided_at::TIMESTAMPTZ
+            ),
+            logged AS (
+                SELECT contact_id, source, customer_id, channel, action_id,
+                       ts::TIMESTAMPTZ AS ts, decided_at::TIMESTAMPTZ AS decided_at
                 FROM _audit_logged
+                QUALIFY row_number() OVER (PARTITION BY contact_id ORDER BY priority) = 1
+            ),
+            merged AS (
+                SELECT l.*, l.contact_id IN (SELECT contact_id FROM store) AS in_event_store
+                FROM logged l
+                UNION ALL
+                SELECT s.contact_id, {_text(SOURCE_EVENTS)} AS source, s.customer_id,
+                       s.channel, s.action_id, s.ts, NULL::TIMESTAMPTZ AS decided_at,
+                       true AS in_event_store
+                FROM store s ANTI JOIN logged l ON s.contact_id = l.contact_id
             )
-            SELECT contact_id,
-                   arg_min(source, priority) AS source,
-                   arg_min(customer_id, priority) AS customer_id,
-                   arg_min(channel, priority) AS channel,
-                   arg_min(action_id, priority) AS action_id,
-                   arg_min(ts, priority) AS ts,
-                   epoch_us(arg_min(ts, priority)) AS ts_us,
-                   max(decided_at) AS decided_at,
-                   bool_or(source = {_text(SOURCE_EVENTS)}) AS in_event_store,
-                   true AS audited
-            FROM found GROUP BY contact_id
+            SELECT *, epoch_us(ts) AS ts_us, true AS audited FROM merged
             """
         )
     finally:
