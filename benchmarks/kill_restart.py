@@ -127,15 +127,22 @@ def service_kills(source: Path, scratch: Path, args, rng) -> tuple[list[ServiceK
 
 
 def _run(cmd: list[str], log: Path) -> subprocess.Popen:
+    from killed_train import embedded_env
+
     with log.open("ab") as out:
         return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=embedded_env(),
+            start_new_session=True,
         )
 
 
 def campaign_kills(source: Path, scratch: Path, args, rng) -> list[str]:
     """A reference campaign run, --campaign-kills killed ones, a rerun into each folder."""
-    from killed_train import kill_when
+    from killed_train import embedded_env, kill_when
 
     from serving.campaign_job import ASSIGNMENTS, SUMMARY
 
@@ -146,7 +153,13 @@ def campaign_kills(source: Path, scratch: Path, args, rng) -> list[str]:
     base.append("--no-report")
     t0 = time.perf_counter()
     ref_dir = scratch / "campaign-ref"
-    subprocess.run([*base, "--out", str(ref_dir)], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [*base, "--out", str(ref_dir)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        env=embedded_env(),
+    )
     took = time.perf_counter() - t0
     reference = pd.read_parquet(ref_dir / ASSIGNMENTS)
     ref_summary = (ref_dir / SUMMARY).read_text()
@@ -162,7 +175,13 @@ def campaign_kills(source: Path, scratch: Path, args, rng) -> list[str]:
         assert not (out / SUMMARY).exists() or whole, f"kill {i}: a summary without its table"
         leftovers = [p.name for p in out.glob(".*.tmp")] if out.exists() else []
         state = "finished" if (out / SUMMARY).exists() else "table only" if whole else "nothing"
-        subprocess.run([*base, "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [*base, "--out", str(out)],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+            env=embedded_env(),
+        )
         pd.testing.assert_frame_equal(pd.read_parquet(table), reference)
         assert (out / SUMMARY).read_text() == ref_summary, f"kill {i}: the rerun's summary differs"
         lines.append(

@@ -23,14 +23,24 @@ NBA = str(Path(sys.executable).parent / "nba")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def embedded_env() -> dict[str, str]:
+    """This environment without the MLflow URIs: mlflow.set_tracking_uri exports the last data
+    directory's store as MLFLOW_TRACKING_URI, which a child `nba` would take for the user's
+    server and register into instead of its own DATA/mlflow."""
+    drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def start_train(data: Path, log: Path) -> subprocess.Popen:
-    """`nba train --data DATA` in a session of its own, output to `log`."""
+    """`nba train --data DATA` (its own embedded MLflow store) in a session of its own, output
+    to `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [NBA, "train", "--data", str(data)],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env=embedded_env(),
             start_new_session=True,
         )
 
