@@ -246,17 +246,17 @@ def test_nba_forget_on_the_command_line(world):
     assert found_in(world.root, [other, *clear_fragments([OTHER_EMAIL])]) == []
     assert world.service.post("/customers", {"customer": OTHER_EMAIL}).status_code == 404
     # again (a retried request, an interrupted erasure): every place cleaned again, no new record
-    run = subprocess.run(
-        [NBA, "forget", other, "--data", str(world.root)], capture_output=True, text=True
-    )
-    assert run.returncode == 0 and "already erased" in run.stdout, run.stderr
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["forget", other, "--data", str(world.root)])
+    assert result.exit_code == 0 and "already erased" in result.output, result.output
     assert len((world.root / "erasure" / "log.jsonl").read_text().splitlines()) == 2
-    run = subprocess.run(
-        [NBA, "forget", "crm:nobody-at-all", "--data", str(world.root)],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    result = runner.invoke(app, ["forget", "crm:nobody-at-all", "--data", str(world.root)])
+    assert result.exit_code == 2, result.output
+    assert "no customer known by 'crm:nobody-at-all'" in result.output
 
 
 def _redis_dump(store) -> bytes:
