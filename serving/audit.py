@@ -203,13 +203,16 @@ def _contacts_table(con: duckdb.DuckDBPyConnection, logged: pd.DataFrame, rules:
             f"""
             CREATE OR REPLACE TEMP TABLE _audit_contacts AS
             WITH store AS (
-                SELECT event_id AS contact_id, customer_id, channel, action_id,
+                SELECT event_id::VARCHAR AS contact_id, customer_id::VARCHAR AS customer_id,
+                       channel::VARCHAR AS channel, action_id::VARCHAR AS action_id,
                        ts::TIMESTAMPTZ AS ts
                 FROM events WHERE event_type IN {_list(rules.contact_types)}
             ),
             logged AS (
-                SELECT contact_id, source, customer_id, channel, action_id,
-                       ts::TIMESTAMPTZ AS ts, decided_at::TIMESTAMPTZ AS decided_at
+                SELECT contact_id::VARCHAR AS contact_id, source::VARCHAR AS source,
+                       customer_id::VARCHAR AS customer_id, channel::VARCHAR AS channel,
+                       action_id::VARCHAR AS action_id, ts::TIMESTAMPTZ AS ts,
+                       decided_at::TIMESTAMPTZ AS decided_at
                 FROM _audit_logged
                 QUALIFY row_number() OVER (PARTITION BY contact_id ORDER BY priority) = 1
             ),
@@ -229,8 +232,9 @@ def _contacts_table(con: duckdb.DuckDBPyConnection, logged: pd.DataFrame, rules:
         con.unregister("_audit_logged")
     kinds = (rules.consent_granted, *rules.revoking_types, *rules.negative_types)
     con.execute(  # the consent and opt-out events, read from the store once for every rule
-        "CREATE OR REPLACE TEMP TABLE _audit_history AS SELECT customer_id, channel, "
-        f"ts::TIMESTAMPTZ AS ts, event_id, event_type FROM events WHERE event_type IN {_list(kinds)}"
+        "CREATE OR REPLACE TEMP TABLE _audit_history AS SELECT customer_id::VARCHAR AS "
+        "customer_id, channel::VARCHAR AS channel, ts::TIMESTAMPTZ AS ts, event_id::VARCHAR AS "
+        f"event_id, event_type::VARCHAR AS event_type FROM events WHERE event_type IN {_list(kinds)}"
     )
 
 

@@ -219,6 +219,32 @@ def test_our_own_decisions_and_campaign_assignments_break_no_rule(trained_world,
     assert report.violations.empty
 
 
+def test_the_audit_agrees_with_the_policy_on_the_synthetic_history(trained_world):
+    """The synthetic world's own campaigns did not follow our policy: a sample of the contacts
+    the audit flags and of those it clears, each decided again by the contact policy on the
+    batch engine's features at the contact's time, are blocked and allowed exactly so."""
+    con = open_store(trained_world.data_dir)
+    rules = AuditRules.of(DATA, FEATURES, PolicyConfig())
+    report = replay(con, logged_contacts(trained_world.data_dir.root), rules)
+    contacts = con.sql("SELECT contact_id, customer_id, channel, ts FROM _audit_contacts").df()
+    flagged = contacts["contact_id"].isin(set(report.violations["contact_id"]))
+    assert 0 < flagged.sum() < len(contacts)
+    sample = pd.concat(
+        [
+            contacts[flagged].sample(150, random_state=1),
+            contacts[~flagged].sample(150, random_state=1),
+        ]
+    ).reset_index(drop=True)
+    queries = pd.DataFrame(
+        {"customer_id": sample["customer_id"], "as_of": pd.to_datetime(sample["ts"], utc=True)}
+    )
+    feats = pd.concat([queries, trained_world.engine.at(queries)], axis=1)
+    el = eligibility(feats, queries["as_of"], BARE, rules.policy, DATA, immediate=True)
+    column = np.array([OUTBOUND.index(c) for c in sample["channel"]])
+    allowed = el.allowed[np.arange(len(sample)), column]
+    assert (allowed == ~sample["contact_id"].isin(set(report.violations["contact_id"]))).all()
+
+
 # ------------------------------------------------------------------ generated histories
 
 FS = FeatureSet(DATA, FEATURES)
