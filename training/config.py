@@ -96,7 +96,11 @@ class ModelConfig(Strict):
             "purchases over the horizon and P(alive) as two more inputs. Fitted with "
             "`lifetimes` 0.11.3 (three small pure-Python packages, a fit in well under a "
             "second), not pymc-marketing (pymc, pytensor, arviz, xarray and a C compiler at "
-            "run time for the same two closed-form models)."
+            "run time for the same two closed-form models). Test AUC of the purchase model "
+            "with / without the two inputs, against BG/NBD and recency alone: on a generated "
+            "20,000-customer BG/NBD purchase log (90-day labels) 0.834 / 0.829 vs 0.833 and "
+            "0.818; on the synthetic world (10,000 customers, seed 11, 7-day labels) 0.784 / "
+            "0.782 vs 0.755 and 0.710."
         ),
     )
     gate_margin: float = Field(
