@@ -224,7 +224,9 @@ def train_kills(source: Path, scratch: Path, args, rng) -> list[str]:
         proc = start_train(root, log)
         kill_when(proc, lambda: False, at)
         phase = (
-            "after registering its version"
+            "it had finished"
+            if proc.returncode == 0
+            else "after registering its version"
             if versions_registered(root) > versions
             else "while logging the bundle"
             if bundle_run_started(root) > runs
