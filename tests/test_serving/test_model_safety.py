@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import sqlite3
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -120,20 +119,17 @@ def test_a_bundle_registered_without_a_checksum_is_refused(tmp_path, online_worl
 
 
 def test_no_champion_is_one_line_and_exit_code_2(tmp_path, online_world):
-    from service_process import NBA
+    from typer.testing import CliRunner
+
+    from serving.cli import app
 
     dd = DataDir(tmp_path / "nochampion")
     dd.root.mkdir()
     copy_online_store(online_world.data_dir, dd)
     with pytest.raises(StartupError, match="no model bundle has the alias `champion`"):
         ServingRuntime.open(dd.root)
-    done = subprocess.run(
-        [NBA, "serve", "--data", str(dd.root), "--port", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
+    done = CliRunner().invoke(app, ["serve", "--data", str(dd.root), "--port", "1"])
+    assert done.exit_code == 2, done.output
     assert done.stderr.strip().splitlines() == [
         "nba serve: no model bundle has the alias `champion` in nba-bundle: run `nba train` first"
     ]
@@ -166,3 +162,31 @@ def test_a_promotion_onto_a_store_of_other_definitions_is_refused(tmp_path, worl
     empty = DataDir(tmp_path / "no-store")
     empty.root.mkdir()
     assert promotion_problem(empty, FS_OTHER, bundle, None) is None  # nothing serves yet
+
+
+@pytest.mark.slow
+def test_train_refuses_to_promote_onto_a_store_of_other_definitions(tmp_path):
+    """The whole path, on a small world (about two minutes, so `slow`): train over a store
+    materialised with other definitions registers a challenger only; after re-materialising
+    with the training's definitions, the next run is champion."""
+    from features.event_store import ingest, open_store
+    from features.synth import generate_world
+    from training.config import TrainingConfig
+    from training.datasets import data_end
+    from training.train import train
+
+    dd = DataDir(tmp_path / "small")
+    generate_world(dd.root, customers=400, days=200, seed=3, progress=False)
+    ingest(dd, DataConfig(), progress=False)
+    con = open_store(dd)
+    with OnlineStore(dd.online_store, FS_OTHER) as store:
+        store.materialize(con, as_of=data_end(con))
+    result = train(dd, DataConfig(), FeatureConfig(), TrainingConfig(), con, say=lambda m: None)
+    assert not result.gate.promoted
+    assert "not promoted: its feature definitions differ" in result.gate.reason
+    assert registry.alias_version(registry.CHAMPION) is None
+    assert registry.alias_version(registry.CHALLENGER) == result.version
+    with OnlineStore(dd.online_store, FS, reset=True) as store:
+        store.materialize(con, as_of=data_end(con))
+    again = train(dd, DataConfig(), FeatureConfig(), TrainingConfig(), con, say=lambda m: None)
+    assert again.gate.promoted and registry.alias_version(registry.CHAMPION) == again.version
