@@ -30,8 +30,7 @@ from serving.campaign_job import ASSIGNMENTS
 from serving.config import Cap, ContactPolicy, PolicyConfig
 from serving.contact_policy import COOLDOWN, NO_CONSENT, QUIET, cap_reason, local_hour
 from serving.decision_log import DECISIONS_DIR, read_realtime_decisions, send_times
-from serving.policy import SENT
-from serving.policy import _caps_on_configured_channels as caps_on_configured_channels
+from serving.policy import SENT, caps_on_configured_channels
 
 # the rule a violation broke (the `rule` column); `reason` says it in the policy's own words
 NO_CONSENT_RULE = "no_consent"

@@ -130,7 +130,7 @@ class DecisionPolicy:
         self.bundle = bundle
         self.model_version = str(model_version)
         self.version = cfg.fingerprint(catalogue_text)
-        self.cfg = _caps_on_configured_channels(cfg, data)
+        self.cfg = caps_on_configured_channels(cfg, data)
         self.data = data
         self.catalogue = catalogue
         self.words = FeatureWords(data)
@@ -345,7 +345,7 @@ class DecisionPolicy:
         )
 
 
-def _caps_on_configured_channels(cfg: PolicyConfig, data: DataConfig) -> PolicyConfig:
+def caps_on_configured_channels(cfg: PolicyConfig, data: DataConfig) -> PolicyConfig:
     """The policy without contact caps on channels the data configuration does not have (the
     default caps name e-mail, SMS, push and direct mail; a bank's call-only data has none)."""
     policy = cfg.contact_policy
