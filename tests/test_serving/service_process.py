@@ -140,6 +140,10 @@ def start_service(
     env = {**os.environ, "NBA_API_TOKEN": token} if token else dict(os.environ)
     if not token:
         env.pop("NBA_API_TOKEN", None)
+    # an in-process test that opened a registry exported it (mlflow.set_tracking_uri): the
+    # service must use the data directory's own, as a user's `nba serve` does
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(name, None)
     cmd = [NBA, "serve", "--data", str(data), "--port", str(port)]
     if config is not None:
         cmd += ["--config", str(config)]
