@@ -24,6 +24,23 @@ import pandas as pd
 
 START = pd.Timestamp("2025-01-01", tz="UTC")
 
+# the outbound calls' configuration: call_centre's response is a purchase, no consent events
+BANK_CONFIG = """\
+data:
+  identity:
+    identifier_types: [crm, email, phone, loyalty, device, card, bank]
+  channels:
+    call_centre:
+      response: purchase
+training:
+  labels:
+    purchase_horizon_days: 30
+policy:
+  scoring: response
+  contact_policy:
+    require_consent: false
+"""
+
 
 def purchase_log(root: Path, customers: int = 1500, days: int = 420, seed: int = 0) -> Path:
     """Write root/events.csv; returns root."""

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from event_files import write_csv
 
 from features.config import DataConfig, IdentityConfig
 from features.contract import CODED_COLUMNS, EVENT_COLUMNS, EVENT_SCHEMA, DataDir
@@ -27,17 +26,6 @@ def ev(event_id: str, key: str, link: str | None = None, ts: str = "2025-03-01T1
     r.update(event_id=event_id, ts=ts, customer_key=key, link_key=link)
     r.update({"channel": "web", "event_type": "visit", **kw})
     return r
-
-
-def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
-    columns = columns or EVENT_COLUMNS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow(["" if r.get(c) is None else r[c] for c in columns])
-    return path
 
 
 EVENTS = [

@@ -3,7 +3,6 @@ erased quarantined unless they consent again."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import subprocess
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from event_files import write_csv
 
 from features.config import DataConfig
 from features.contract import EVENT_COLUMNS, DataDir
@@ -28,17 +28,6 @@ SECRET = "a-test-secret-of-32-characters!!"
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 PERSONAL = ["email", "phone"]
 NBA = str(Path(sys.executable).parent / "nba")
-
-
-def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
-    columns = columns or EVENT_COLUMNS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow(["" if r.get(c) is None else r[c] for c in columns])
-    return path
 
 
 def ev(event_id: str, key: str, link: str | None = None, ts: str = "2025-03-01T10:00:00Z", **kw):

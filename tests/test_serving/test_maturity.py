@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from real_like import outbound_calls, run_nba
+from real_like import BANK_CONFIG, outbound_calls, run_nba
 
 from features.batch import BatchEngine
 from features.config import DataConfig
@@ -218,23 +218,6 @@ def test_the_report_without_truth(trained_world, tmp_path):
     assert "No truth table in this data directory" in page
 
 
-BANK = """\
-data:
-  identity:
-    identifier_types: [crm, email, phone, loyalty, device, card, bank]
-  channels:
-    call_centre:
-      response: purchase
-training:
-  labels:
-    purchase_horizon_days: 30
-policy:
-  scoring: response
-  contact_policy:
-    require_consent: false
-"""
-
-
 @pytest.mark.slow
 def test_the_report_on_a_banks_outbound_calls(tmp_path):
     """A contract-conforming directory shaped like a real one (tests/real_like.py: one channel,
@@ -242,7 +225,7 @@ def test_the_report_on_a_banks_outbound_calls(tmp_path):
     valued (the policy does not require it) and age and job merge nobody."""
     root = outbound_calls(tmp_path / "bank", customers=800, seed=12)
     config = root / "nba.yaml"
-    config.write_text(BANK)
+    config.write_text(BANK_CONFIG)
     for command in ("ingest", "train"):
         run_nba(command, "--data", str(root), "--config", str(config), check=0)
     out = tmp_path / "report.html"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from real_like import one_line_error, outbound_calls, purchase_log, run_nba
+from real_like import BANK_CONFIG, one_line_error, outbound_calls, purchase_log, run_nba
 from sklearn.metrics import roc_auc_score
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -27,22 +27,6 @@ def readme_block(after: str) -> str:
 
 SHOP = readme_block("this `shop.yaml`:")
 SHOP_CATALOGUE = readme_block("`shop-catalogue.yaml`:")
-
-BANK = """\
-data:
-  identity:
-    identifier_types: [crm, email, phone, loyalty, device, card, bank]
-  channels:
-    call_centre:
-      response: purchase
-training:
-  labels:
-    purchase_horizon_days: 30
-policy:
-  scoring: response
-  contact_policy:
-    require_consent: false
-"""
 
 MLFLOW_NOISE = ("INFO", "WARNING", "Successfully registered", "Created version", "Downloading")
 
@@ -65,7 +49,7 @@ def shop(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
     root = outbound_calls(tmp_path_factory.mktemp("bank") / "bank", customers=1500, seed=12)
-    (root / "nba.yaml").write_text(BANK)
+    (root / "nba.yaml").write_text(BANK_CONFIG)
     return root
 
 
