@@ -396,15 +396,7 @@ def test_no_decision_of_the_policy_breaks_a_hard_rule(trained_world, people, cfg
     as_of = T.floor("D") + pd.Timedelta(hours=hour, minutes=30)
     events, feats = _world(people, as_of)
     base = trained_world.features.sample(len(people), random_state=seed).reset_index(drop=True)
-    frame = base.assign(**{c: feats[c].to_numpy() for c in FS.names})
-    explore = Exploration(mode="epsilon_greedy", epsilon=0.7, holdout_share=0.0, seed=seed)
-    policy = DecisionPolicy(
-        trained_world.result.bundle,
-        "test",
-        PolicyConfig(contact_policy=cfg, exploration=explore),
-        DATA,
-    )
-    table = policy.decide(frame, as_of=as_of, immediate=True, reasons=False).table
+    table = _decide(trained_world, base, feats, cfg, as_of, epsilon=0.7, seed=seed)
     sent = table.index[table["logged_as"] == SENT].to_numpy()
     channels = table.loc[sent, "channel"].tolist()
     contacts = _contacts([f"d{i}" for i in sent], sent, channels, as_of)
@@ -420,13 +412,19 @@ def test_the_world_has_contacts_to_decide_on(trained_world):
     as_of = T
     _, feats = _world(people, as_of)
     base = trained_world.features.head(5).reset_index(drop=True)
+    table = _decide(trained_world, base, feats, cfg, as_of, epsilon=1.0, seed=1)
+    assert (table["logged_as"] == SENT).any()
+
+
+def _decide(trained_world, base, feats, cfg, as_of, epsilon: float, seed: int) -> pd.DataFrame:
+    """The trained bundle's policy on `base` rows carrying the generated histories' features,
+    exploring with `epsilon` so that contacts the greedy choice would skip are tried too."""
     frame = base.assign(**{c: feats[c].to_numpy() for c in FS.names})
-    explore = Exploration(mode="epsilon_greedy", epsilon=1.0, holdout_share=0.0, seed=1)
+    explore = Exploration(mode="epsilon_greedy", epsilon=epsilon, holdout_share=0.0, seed=seed)
     policy = DecisionPolicy(
         trained_world.result.bundle,
         "test",
         PolicyConfig(contact_policy=cfg, exploration=explore),
         DATA,
     )
-    table = policy.decide(frame, as_of=as_of, immediate=True, reasons=False).table
-    assert (table["logged_as"] == SENT).any()
+    return policy.decide(frame, as_of=as_of, immediate=True, reasons=False).table
