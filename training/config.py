@@ -83,8 +83,11 @@ class ModelConfig(Strict):
             "the labels' log-odds trend over time moves every calibrated log-odds). For data "
             "whose base rate drifts: on a generated outbound-call history whose conversion "
             "rises over 300 days (6,000 customers), the response model's test ECE went from "
-            "0.057 to 0.035 at the same AUC (mean prediction 0.434 -> 0.469, base rate 0.491). "
-            "Off by default: the synthetic world has no drift."
+            "0.057 to 0.035 at the same AUC (mean prediction 0.434 -> 0.469, base rate 0.491); "
+            "on 30,000 customers (13,617 test contacts) from 0.044 to 0.016. A perfectly "
+            "calibrated model scores about 0.032 on 2,748 test rows and 0.015 on 13,617 (the "
+            "20-bin ECE's sampling noise), so both are at the floor. Off by default: the "
+            "synthetic world has no drift."
         ),
     )
     customer_base: bool = Field(
