@@ -10,24 +10,11 @@
 -- `accepted` count is added up; done() prints one line `NBA_WRK {json}` with the counts, the
 -- accepted events and the latency percentiles of a batch (microseconds).
 
-local ffi = require("ffi")
-ffi.cdef([[
-typedef struct { long tv_sec; long tv_nsec; } nba_timespec;
-int clock_gettime(int clk_id, nba_timespec *tp);
-]])
-local clock = ffi.new("nba_timespec")
-
-local function now_iso()
-  ffi.C.clock_gettime(0, clock) -- CLOCK_REALTIME
-  local s = tonumber(clock.tv_sec)
-  return os.date("!%Y-%m-%dT%H:%M:%S", s) .. string.format(".%06dZ", tonumber(clock.tv_nsec) / 1000)
-end
-
-local threads = {}
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local pacing = require("pacing")
 
 function setup(thread)
-  table.insert(threads, thread)
-  thread:set("thread_no", #threads)
+  pacing.number_thread(thread, "thread_no")
 end
 
 local KINDS = {
@@ -44,14 +31,7 @@ local counter = 0
 accepted = 0
 
 function init(args)
-  local share = tonumber(args[4] or "1")
-  local n = 0
-  for line in io.lines(args[1]) do
-    if n % share == (thread_no or 1) - 1 then
-      keys[#keys + 1] = line
-    end
-    n = n + 1
-  end
+  keys = pacing.read_keys(args[1], tonumber(args[4] or "1"), thread_no)
   batch = tonumber(args[2] or "100")
   run = args[3] or "bench"
   math.randomseed(thread_no or 1)
@@ -62,7 +42,7 @@ end
 
 function request()
   counter = counter + 1
-  local ts = now_iso()
+  local ts = pacing.now_iso()
   local rows = {}
   for j = 1, batch do
     local kind = KINDS[(j % #KINDS) + 1]
@@ -83,7 +63,7 @@ end
 
 function done(summary, latency, requests)
   local total = 0
-  for _, thread in ipairs(threads) do
+  for _, thread in ipairs(pacing.threads) do
     total = total + (tonumber(thread:get("accepted")) or 0)
   end
   local e = summary.errors

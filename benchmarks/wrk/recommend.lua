@@ -10,40 +10,22 @@
 -- a 360 view). done() prints one line
 -- `NBA_WRK {json}` with the counts and latency percentiles (microseconds).
 
-local ffi = require("ffi")
-ffi.cdef([[
-typedef struct { long tv_sec; long tv_nsec; } nba_timespec;
-int clock_gettime(int clk_id, nba_timespec *tp);
-]])
-local clock = ffi.new("nba_timespec")
-
-local function now_ms()
-  ffi.C.clock_gettime(1, clock) -- CLOCK_MONOTONIC
-  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
-end
-
-local threads = {}
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local pacing = require("pacing")
 
 function setup(thread)
-  table.insert(threads, thread)
-  thread:set("seed", #threads)
+  pacing.number_thread(thread, "seed")
 end
 
 local keys = {}
-local interval = 0
-local slot = nil
+local pace = pacing.pace(0)
 local k = 3
 local explain = "true"
 local view = false
 
 function init(args)
-  for line in io.lines(args[1]) do
-    keys[#keys + 1] = line
-  end
-  local rate = tonumber(args[2] or "0")
-  if rate > 0 then
-    interval = 1000 / rate
-  end
+  keys = pacing.read_keys(args[1])
+  pace = pacing.pace(tonumber(args[2] or "0"))
   k = tonumber(args[3] or "3")
   explain = args[4] or "true"
   view = args[5] == "360"
@@ -53,16 +35,7 @@ function init(args)
 end
 
 function delay()
-  if interval == 0 then
-    return 0
-  end
-  local now = now_ms()
-  if slot == nil or slot < now - 1000 then
-    slot = now -- start, or a stall of over a second: do not burst to catch up
-  end
-  local wait = slot - now
-  slot = slot + interval
-  return wait > 0 and wait or 0
+  return pace()
 end
 
 function request()

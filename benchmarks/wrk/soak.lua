@@ -10,29 +10,11 @@
 -- latency percentiles (microseconds), the statuses seen with their counts, and for events the
 -- accepted and rejected rows of the 200 answers.
 
-local ffi = require("ffi")
-ffi.cdef([[
-typedef struct { long tv_sec; long tv_nsec; } nba_timespec;
-int clock_gettime(int clk_id, nba_timespec *tp);
-]])
-local clock = ffi.new("nba_timespec")
-
-local function now_ms()
-  ffi.C.clock_gettime(1, clock) -- CLOCK_MONOTONIC
-  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
-end
-
-local function now_iso()
-  ffi.C.clock_gettime(0, clock) -- CLOCK_REALTIME
-  local s = tonumber(clock.tv_sec)
-  return os.date("!%Y-%m-%dT%H:%M:%S", s) .. string.format(".%06dZ", tonumber(clock.tv_nsec) / 1000)
-end
-
-local threads = {}
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local pacing = require("pacing")
 
 function setup(thread)
-  table.insert(threads, thread)
-  thread:set("thread_no", #threads)
+  pacing.number_thread(thread, "thread_no")
 end
 
 local KINDS = {
@@ -45,10 +27,9 @@ local KINDS = {
 }
 local keys = {}
 local kind = "recommend"
-local interval = 0
+local pace = pacing.pace(0)
 local size = 20
 local run = "soak"
-local slot = nil
 local counter = 0
 local seen = {}
 statuses = "" -- "code:count,..." rebuilt at every answer that is not a 200 (rare)
@@ -57,14 +38,9 @@ accepted = 0
 rejected = 0
 
 function init(args)
-  for line in io.lines(args[1]) do
-    keys[#keys + 1] = line
-  end
+  keys = pacing.read_keys(args[1])
   kind = args[2] or "recommend"
-  local rate = tonumber(args[3] or "0")
-  if rate > 0 then
-    interval = 1000 / rate
-  end
+  pace = pacing.pace(tonumber(args[3] or "0"))
   size = tonumber(args[4] or "20")
   run = args[5] or "soak"
   math.randomseed(thread_no or 1)
@@ -73,16 +49,7 @@ function init(args)
 end
 
 function delay()
-  if interval == 0 then
-    return 0
-  end
-  local now = now_ms()
-  if slot == nil or slot < now - 1000 then
-    slot = now -- start, or a stall of over a second: do not burst to catch up
-  end
-  local wait = slot - now
-  slot = slot + interval
-  return wait > 0 and wait or 0
+  return pace()
 end
 
 local function key()
@@ -97,7 +64,7 @@ function request()
   end
   local body
   if kind == "events" then
-    local ts = now_iso()
+    local ts = pacing.now_iso()
     local rows = {}
     for j = 1, size do
       local e = KINDS[math.random(#KINDS)]
@@ -139,7 +106,7 @@ end
 
 function done(summary, latency, requests)
   local ok_total, acc, rej, codes = 0, 0, 0, {}
-  for _, thread in ipairs(threads) do
+  for _, thread in ipairs(pacing.threads) do
     ok_total = ok_total + (tonumber(thread:get("ok")) or 0)
     acc = acc + (tonumber(thread:get("accepted")) or 0)
     rej = rej + (tonumber(thread:get("rejected")) or 0)
