@@ -68,55 +68,63 @@ class CustomerBase:
             return None
         return cls(params, float(horizon_days), _fit_gamma_gamma(frame, x))
 
-    def _bgnbd(self) -> BetaGeoFitter:
-        model = BetaGeoFitter()
-        model.params_ = pd.Series(self.bgnbd)
-        return model
-
     def expected_purchases(
         self, X: pd.DataFrame | FrameArrays, days: float | None = None
     ) -> np.ndarray:
         """E[purchases in the next `days` (default: the horizon) | history], per row."""
-        x, t_x, T = repeat_purchase_history(X)
-        t = self.horizon_days if days is None else days
-        with np.errstate(all="ignore"):
-            out = self._bgnbd().conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T)
-        return np.nan_to_num(np.asarray(out, dtype=float), nan=0.0, posinf=0.0)
+        return self._expected(repeat_purchase_history(X), days)
 
     def p_purchase_within(self, X: pd.DataFrame | FrameArrays, days: float) -> np.ndarray:
         """P(at least one purchase in the next `days`), for any length of time whatever the
         label horizon: P(alive) x (1 - ((alpha + T) / (alpha + T + days))^(r + x)), since an
         active customer's rate given their history is Gamma(r + x, alpha + T) and a drop-out
         only follows a purchase."""
-        x, _, T = repeat_purchase_history(X)
+        history = repeat_purchase_history(X)
+        x, _, T = history
         r, alpha = self.bgnbd["r"], self.bgnbd["alpha"]
         none_while_alive = ((alpha + T) / (alpha + T + days)) ** (r + x)
-        return self.p_alive(X) * (1.0 - none_while_alive)
+        return self._alive(history) * (1.0 - none_while_alive)
 
     def p_alive(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
         """P(the customer has not dropped out) given their purchase history, per row."""
-        x, t_x, T = repeat_purchase_history(X)
-        with np.errstate(all="ignore"):
-            out = self._bgnbd().conditional_probability_alive(x, t_x, T)
-        return np.nan_to_num(np.asarray(out, dtype=float), nan=1.0)
+        return self._alive(repeat_purchase_history(X))
 
     def expected_spend(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
         """Gamma-Gamma's expected mean order value per row (the population mean for customers
         without a repeat purchase); NaN without a Gamma-Gamma fit."""
         if self.gamma_gamma is None:
             return np.full(len(X), np.nan)
-        p, q, v = (self.gamma_gamma[k] for k in ("p", "q", "v"))
         x, _, _ = repeat_purchase_history(X)
         mean = np.nan_to_num(column_values(X, "monetary_mean").astype(float), nan=0.0)
-        weight = p * x / (p * x + q - 1)  # Gamma-Gamma: the individual mean's share
-        return (1 - weight) * (v * p / (q - 1)) + weight * mean
+        gg = _with_params(GammaGammaFitter, self.gamma_gamma)
+        return np.asarray(gg.conditional_expected_average_profit(x, mean), dtype=float)
 
     def with_columns(self, X: pd.DataFrame | FrameArrays) -> pd.DataFrame | FrameArrays:
         """`X` with the expected purchases over the horizon and P(alive) as two more columns."""
-        values = {EXPECTED_PURCHASES: self.expected_purchases(X), P_ALIVE: self.p_alive(X)}
+        history = repeat_purchase_history(X)
+        values = {EXPECTED_PURCHASES: self._expected(history), P_ALIVE: self._alive(history)}
         if isinstance(X, FrameArrays):
             return X.with_columns(values)
         return X.assign(**values)
+
+    def _expected(self, history: tuple[np.ndarray, ...], days: float | None = None) -> np.ndarray:
+        t = self.horizon_days if days is None else days
+        bg = _with_params(BetaGeoFitter, self.bgnbd)
+        with np.errstate(all="ignore"):
+            out = bg.conditional_expected_number_of_purchases_up_to_time(t, *history)
+        return np.nan_to_num(np.asarray(out, dtype=float), nan=0.0, posinf=0.0)
+
+    def _alive(self, history: tuple[np.ndarray, ...]) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            out = _with_params(BetaGeoFitter, self.bgnbd).conditional_probability_alive(*history)
+        return np.nan_to_num(np.asarray(out, dtype=float), nan=1.0)
+
+
+def _with_params(fitter, params: dict[str, float]):
+    """A lifetimes fitter carrying fitted parameters only (no training data), to predict with."""
+    model = fitter()
+    model.params_ = pd.Series(params)
+    return model
 
 
 def _fit_gamma_gamma(frame: pd.DataFrame, x: np.ndarray) -> dict[str, float] | None:
