@@ -482,9 +482,7 @@ class OnlineStoreBase(ABC):
         self._event_types = frozenset(data.event_types.all)
         self._future_us = data.validation.future_tolerance_seconds * 1_000_000
         self._identity = data.identity
-        earliest = pd.Timestamp(data.validation.earliest_timestamp)
-        earliest = earliest.tz_localize("UTC") if earliest.tzinfo is None else earliest
-        self._earliest_us = earliest.value // 1000
+        self._earliest_us = _record_ts(data.validation.earliest_timestamp)
         head, sep, tail = KEY_PATTERN.partition(KEY_SEPARATOR)
         types = [t for t in data.identity.identifier_types if re.fullmatch(head[1:], t)]
         self._key_re = re.compile("^(?:" + "|".join(re.escape(t) for t in types) + ")" + sep + tail)

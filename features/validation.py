@@ -480,9 +480,7 @@ def _utc(t: datetime) -> datetime:
 
 
 def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return datetime.now(UTC) if now is None else _utc(now)
 
 
 def validate_events(
