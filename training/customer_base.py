@@ -177,14 +177,9 @@ class WithCustomerBase:
         return self.model.predict_uncalibrated(self.base.with_columns(X))
 
     def follow_drift(
-        self,
-        t: pd.Series,
-        y: np.ndarray,
-        t_cal: pd.Series,
-        y_cal: np.ndarray,
-        at: pd.Timestamp | None = None,
+        self, t: pd.Series, y: np.ndarray, t_cal: pd.Series, y_cal: np.ndarray
     ) -> WithCustomerBase:
-        self.model.follow_drift(t, y, t_cal, y_cal, at)
+        self.model.follow_drift(t, y, t_cal, y_cal)
         return self
 
     def contribution_matrix(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:

@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from pydantic import Field
+from scipy.special import expit, logit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.isotonic import IsotonicRegression
@@ -366,8 +367,7 @@ class CalibratedClassifier:
         p = np.mean([_calibrated(c.calibrators[0], raw) for c in fitted], axis=0)
         shift = getattr(self, "drift_shift_", 0.0)  # bundles saved before it have none
         if shift:
-            p = np.clip(p, DRIFT_CLIP, 1 - DRIFT_CLIP)
-            p = 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + shift)))
+            p = expit(logit(np.clip(p, DRIFT_CLIP, 1 - DRIFT_CLIP)) + shift)
         return p
 
     def follow_drift(
@@ -376,13 +376,11 @@ class CalibratedClassifier:
         y: np.ndarray,
         t_cal: pd.Series,
         y_cal: np.ndarray,
-        at: pd.Timestamp | None = None,
     ) -> CalibratedClassifier:
-        """Calibrate to the base rate expected at time `at` (default: the end of the
-        calibration slice), not the calibration slice's average: the trend of the log-odds of
-        a positive label over time (a logistic regression of the training and calibration
-        labels on time) times the time from the calibration slice's mean to `at` is added to
-        every calibrated log-odds. For data whose base rate drifts (conversion rising over a
+        """Calibrate to the base rate expected at the end of the calibration slice, not the
+        slice's average: the trend of the log-odds of a positive label over time (a logistic
+        regression of the training and calibration labels on time) times the time from the
+        calibration slice's mean to its end is added to every calibrated log-odds. For data whose base rate drifts (conversion rising over a
         year); `drift_per_day_` and `drift_shift_` say how much."""
         from sklearn.linear_model import LogisticRegression
 
@@ -393,8 +391,7 @@ class CalibratedClassifier:
         trend = LogisticRegression(C=1e6).fit(days.reshape(-1, 1), labels)
         self.drift_per_day_ = float(trend.coef_[0, 0])
         cal_days = days[len(t) :]
-        target = cal_days.max() if at is None else (at - start) / pd.Timedelta(days=1)
-        self.drift_shift_ = self.drift_per_day_ * float(target - cal_days.mean())
+        self.drift_shift_ = self.drift_per_day_ * float(cal_days.max() - cal_days.mean())
         return self
 
     def contribution_matrix(self, X: pd.DataFrame | FrameArrays) -> np.ndarray:
