@@ -38,23 +38,21 @@ def clear_copy(src: Path, dst: Path) -> int:
             f"lpad(CAST(hash({col}) % 10000000000 AS VARCHAR), 10, '0') ELSE {col} END"
         )
 
-    n = 0
-    for part in sorted((dst / "events").glob("*.parquet")):
+    def rewrite(part: Path, cols: tuple[str, ...]) -> None:
         tmp = part.with_suffix(".tmp")
+        replace = ", ".join(f"{clear(c)} AS {c}" for c in cols)
         con.execute(
-            f"COPY (SELECT * REPLACE ({clear('customer_key')} AS customer_key, "
-            f"{clear('link_key')} AS link_key) FROM read_parquet('{part}')) TO '{tmp}' "
+            f"COPY (SELECT * REPLACE ({replace}) FROM read_parquet('{part}')) TO '{tmp}' "
             "(FORMAT parquet)"
         )
         os.replace(tmp, part)
+
+    n = 0
+    for part in sorted((dst / "events").glob("*.parquet")):
+        rewrite(part, ("customer_key", "link_key"))
         n += con.execute(f"SELECT count(*) FROM read_parquet('{part}')").fetchone()[0]
     for part in sorted((dst / "customers").glob("*.parquet")):
-        tmp = part.with_suffix(".tmp")
-        con.execute(
-            f"COPY (SELECT * REPLACE ({clear('customer_key')} AS customer_key) "
-            f"FROM read_parquet('{part}')) TO '{tmp}' (FORMAT parquet)"
-        )
-        os.replace(tmp, part)
+        rewrite(part, ("customer_key",))
     return int(n)
 
 
