@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.serving import nba_command, ready_world
+from benchmarks.serving import _terminate, nba_command, ready_world
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "test_serving"), str(ROOT / "tests" / "test_training")]
@@ -249,12 +249,17 @@ def train_kills(source: Path, scratch: Path, args, rng) -> list[str]:
     return lines
 
 
-class _Skipped(Exception):
-    """A part asked for with 0 kills."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def service_summary(source: Path, scratch: Path, args, rng) -> list[str]:
+    """The service part's one closing line, after its rounds (each printed as it ends)."""
+    rows, final = service_kills(source, scratch, args, rng)
+    return [
+        f"{len(rows)} kills; {final.acknowledged:,} events acknowledged, {final.in_log_once:,} "
+        f"found exactly once in the event log, {final.in_store_once:,} test events in the event "
+        f"store, each once; lost 0, duplicated 0; unanswered batches "
+        f"{sum(r.unanswered for r in rows)}: {sum(r.applied_whole for r in rows)} applied "
+        f"whole, the rest not at all, none half; median start "
+        f"{np.median([r.ready_s for r in rows]):.0f} s"
+    ]
 
 
 def main() -> None:
@@ -278,42 +283,34 @@ def main() -> None:
     with ExitStack() as stack:
         scratch = Path(tempfile.mkdtemp(prefix="nba-kill-restart-"))
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        print(f"1. nba serve: {args.kills} kills under event load ({source})")
-        try:
-            if args.kills < 1:
-                raise _Skipped
-            rows, final = service_kills(source, scratch, args, rng)
-            acked = final.acknowledged
-            print(
-                f"  {len(rows)} kills; {acked:,} events acknowledged, {final.in_log_once:,} found "
-                f"exactly once in the event log, {final.in_store_once:,} test events in the event "
-                f"store, each once; lost 0, duplicated 0; unanswered batches "
-                f"{sum(r.unanswered for r in rows)}: {sum(r.applied_whole for r in rows)} applied "
-                f"whole, the rest not at all, none half; median start {np.median([r.ready_s for r in rows]):.0f} s"
-            )
-        except _Skipped:
-            print("  skipped")
-        except AssertionError as exc:
-            failed.append(f"service: {exc}")
-            print(f"  FAILED: {exc}")
-        print(f"\n2. nba campaign: {args.campaign_kills} kills")
-        try:
-            if args.campaign_kills < 1:
-                raise _Skipped
-            for line in campaign_kills(source, scratch, args, rng):
-                print(f"  {line}")
-        except _Skipped:
-            print("  skipped")
-        except AssertionError as exc:
-            failed.append(f"campaign: {exc}")
-            print(f"  FAILED: {exc}")
-        print(f"\n3. nba train: {args.train_kills} kills")
-        try:
-            for line in train_kills(source, scratch, args, rng):
-                print(f"  {line}")
-        except AssertionError as exc:
-            failed.append(f"train: {exc}")
-            print(f"  FAILED: {exc}")
+        # (title, name, kills: 0 skips the part, run); training runs its reference and its
+        # rerun whatever --train-kills says
+        parts = [
+            (
+                f"1. nba serve: {args.kills} kills under event load ({source})",
+                "service",
+                args.kills,
+                service_summary,
+            ),
+            (
+                f"\n2. nba campaign: {args.campaign_kills} kills",
+                "campaign",
+                args.campaign_kills,
+                campaign_kills,
+            ),
+            (f"\n3. nba train: {args.train_kills} kills", "train", 1, train_kills),
+        ]
+        for title, part, kills, run in parts:
+            print(title)
+            if kills < 1:
+                print("  skipped")
+                continue
+            try:
+                for line in run(source, scratch, args, rng):
+                    print(f"  {line}")
+            except AssertionError as exc:
+                failed.append(f"{part}: {exc}")
+                print(f"  FAILED: {exc}")
     print("\nall held" if not failed else f"\n{len(failed)} part(s) failed: {failed}")
     raise SystemExit(1 if failed else 0)
 

@@ -42,6 +42,7 @@ from benchmarks.serving import (
     TOKEN_VARIABLE,
     WRK_SCRIPTS,
     Service,
+    _terminate,
     ensure_wrk,
     free_port,
     nba_command,
@@ -278,10 +279,6 @@ def print_report(soak: Soak, loads: list[Load], args, load_start: str, log: Path
     for name, value, ok in goals:
         print(f"  {name:52s} {value:>10s}  {'met' if ok else 'NOT met'}")
     return all(ok for _, _, ok in goals)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # so that every `finally` stops the service
 
 
 def main() -> None:
