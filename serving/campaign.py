@@ -183,13 +183,14 @@ def load_campaign(
     if path is None:
         text = resources.files("serving").joinpath(EXAMPLE_CAMPAIGN).read_text()
         source = f"serving/{EXAMPLE_CAMPAIGN}"
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{source}: not valid YAML: {exc}") from exc
     else:
         if not Path(path).exists():
             raise FileNotFoundError(f"campaign file {path} does not exist")
         raw = load_yaml_text(Path(path))  # UTF-8, each key once: one line naming the file
-        return parse_campaign(raw, catalogue, data, str(path)), Path(path).read_text("utf-8-sig")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML: {exc}") from exc
+        text = Path(path).read_text("utf-8-sig")
+        source = str(path)
     return parse_campaign(raw, catalogue, data, source), text

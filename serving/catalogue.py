@@ -210,17 +210,16 @@ def load_catalogue(path: Path | None = None) -> tuple[Catalogue, str]:
     if path is None:
         text = resources.files("serving").joinpath(DEFAULT_CATALOGUE).read_text()
         source = f"serving/{DEFAULT_CATALOGUE}"
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{source}: not valid YAML: {exc}") from exc
     else:
         if not Path(path).exists():
             raise UserError(f"action catalogue {path} does not exist (policy.catalogue)")
         raw = load_yaml_text(Path(path)) or {}  # UTF-8, each key once: one line naming the file
         text = Path(path).read_text("utf-8-sig")
         source = str(path)
-    if path is None:
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{source}: not valid YAML: {exc}") from exc
     try:
         return Catalogue.model_validate(raw), text
     except ValidationError as exc:
