@@ -26,7 +26,7 @@ from features.config import DataConfig
 from features.contract import CUSTOMER_ID, DataDir
 from features.definitions import US_PER_DAY, FeatureConfig
 from features.errors import UserError
-from serving.campaign_job import ASSIGNMENTS
+from serving.campaign_job import ASSIGNMENTS, write_atomically
 from serving.config import Cap, ContactPolicy, PolicyConfig
 from serving.contact_policy import COOLDOWN, NO_CONSENT, QUIET, cap_reason, local_hour
 from serving.decision_log import DECISIONS_DIR, read_realtime_decisions, send_times
@@ -180,14 +180,14 @@ def logged_contacts(root: Path, assignments: list[Path] | None = None) -> pd.Dat
 # ------------------------------------------------------------------ the replay
 
 
-def _list(values: list[str] | tuple[str, ...]) -> str:
-    """A SQL list of string literals (configuration values, never data)."""
-    quoted = ["'" + v.replace("'", "''") + "'" for v in values]
-    return "(" + ", ".join(quoted or ["NULL"]) + ")"
-
-
 def _text(value: str) -> str:
+    """A SQL string literal (configuration values, never data)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _list(values: list[str] | tuple[str, ...]) -> str:
+    """A SQL list of string literals."""
+    return "(" + ", ".join([_text(v) for v in values] or ["NULL"]) + ")"
 
 
 def _contacts_table(con: duckdb.DuckDBPyConnection, logged: pd.DataFrame, rules: AuditRules):
@@ -418,8 +418,6 @@ def replay(
 def write_violations(violations: pd.DataFrame, path: Path) -> Path:
     """The violations as parquet, or CSV when `path` ends in .csv (the evidence lists joined
     by '; '), renamed into place when complete."""
-    from serving.campaign_job import write_atomically
-
     if path.suffix.lower() == ".csv":
         flat = violations.copy()
         flat["evidence_ids"] = flat["evidence_ids"].map(lambda ids: "; ".join(map(str, ids)))

@@ -262,10 +262,13 @@ class ConsentValues:
     note: str = ""
 
 
-def consent_values(inputs: MaturityInputs, features: pd.DataFrame) -> ConsentValues:
+def consent_values(
+    inputs: MaturityInputs, features: pd.DataFrame, base: Decisions | None = None
+) -> ConsentValues:
     """What a consent on each outbound channel is worth a year: for customers without it, the
     policy's expected incremental profit with it minus without (its actions then eligible and
-    the model fed consent = 1); for customers with it, what losing it would cost."""
+    the model fed consent = 1); for customers with it, what losing it would cost. `base`: the
+    policy's decision on `features` when already made (decided here otherwise)."""
     policy, cfg = inputs.policy, inputs.cfg
     per_year = cfg.decisions_per_year
     columns = [
@@ -286,7 +289,8 @@ def consent_values(inputs: MaturityInputs, features: pd.DataFrame) -> ConsentVal
             "the contact policy does not require consent (policy.contact_policy.require_consent: "
             "false): a consent changes no decision's eligibility, so it is not valued",
         )
-    base = _decide(policy, features, cfg.seed)
+    if base is None:
+        base = _decide(policy, features, cfg.seed)
     base_value = expected_profit(base.scored.score, base.probabilities)
     rows, per_customer = [], {}
     for ch in inputs.data.outbound_channels:
@@ -687,18 +691,24 @@ class DataUse:
 
 
 def data_use(
-    inputs: MaturityInputs, features: pd.DataFrame, true_values: pd.DataFrame | None
+    inputs: MaturityInputs,
+    features: pd.DataFrame,
+    true_values: pd.DataFrame | None,
+    now: Decisions | None = None,
 ) -> DataUse:
     """For each decision of the last logged run: the channels with history before it (what its
     features could draw on), the channels its reasons cite, and whether it used another
     channel's history than its own; expected (and, on a synthetic world, true) profit of the
-    decisions that could use cross-channel history against those that could not."""
+    decisions that could use cross-channel history against those that could not. `now`: the
+    policy's decision on `features` when already made (used when no run was logged)."""
     path = last_run(inputs.data_dir)
     if path is not None:
         table = pd.read_parquet(path)
         source = f"the last logged run, {path.name}"
     else:
-        table = _decide(inputs.policy, features, inputs.cfg.seed).table
+        if now is None:
+            now = _decide(inputs.policy, features, inputs.cfg.seed)
+        table = now.table
         source = "no logged run in decisions/ (nba decide --log): a run decided now"
     table = table[[CUSTOMER_ID, AS_OF, "action_id", CHANNEL, "score"]].copy()
     table[AS_OF] = pd.to_datetime(table[AS_OF], utc=True)
@@ -716,10 +726,8 @@ def data_use(
     hist[AS_OF] = pd.to_datetime(hist[AS_OF], utc=True)
     table = table.merge(hist, on=[CUSTOMER_ID, AS_OF], how="left")
     table["history_channels"] = table["history_channels"].fillna(0).astype(int)
-    acted = np.flatnonzero((table["action_id"] != NOTHING).to_numpy())
-    known = set(inputs.policy.catalogue.ids)
-    acted = acted[table["action_id"].to_numpy()[acted].astype(str) != ""]
-    acted = np.array([i for i in acted if table["action_id"].iat[i] in known], dtype=np.int64)
+    ids = table["action_id"]  # a catalogue action (never NOTHING, which no action may be named)
+    acted = np.flatnonzero((ids.isin(inputs.policy.catalogue.ids) & (ids != "")).to_numpy())
     reason_channels = np.zeros(len(table), dtype=np.int64)
     cross = np.zeros(len(table), dtype=bool)
     if len(acted):
@@ -910,9 +918,9 @@ def build(inputs: MaturityInputs) -> Maturity:
     total = float(expected_profit(now.scored.score, now.probabilities).sum())
     rec = recognition(inputs.con, inputs.data)
     coverage = consent_coverage(inputs.con, inputs.data, inputs.features_cfg)
-    consent = consent_values(inputs, features)
+    consent = consent_values(inputs, features, now)
     rv = recognition_value(inputs)
-    use = data_use(inputs, features, true_action_values(inputs))
+    use = data_use(inputs, features, true_action_values(inputs), now)
     return Maturity(
         as_of=inputs.as_of,
         model_version=inputs.policy.model_version,

@@ -239,9 +239,7 @@ def write_report(m: Maturity, out: Path, data_root: Path, log_mlflow: bool = Tru
     """Write the page to `out` (renamed into place when complete) and log the run to MLflow."""
     figs = figures(m)
     page = render(m, figs)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    target = write_atomically(out, lambda p: p.write_text(page))
+    target = write_atomically(Path(out), lambda p: p.write_text(page))
     if log_mlflow:
         _log_mlflow(m, figs, target, data_root)
     return target
