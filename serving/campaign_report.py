@@ -239,7 +239,8 @@ def figures(run: CampaignRun, comparison: pd.DataFrame) -> dict[str, Figure]:
     return out
 
 
-def _table_html(frame: pd.DataFrame) -> str:
+def table_html(frame: pd.DataFrame) -> str:
+    """A table of a self-contained report page: no index, two decimals, a dash when missing."""
     return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", border=0, na_rep="—")
 
 
@@ -286,12 +287,12 @@ figure{{margin:1em 0}}.note{{color:#555;font-size:0.9em}}</style></head><body>
 possible under these limits (dual bound {info["dual_bound"]:,.2f}).
 Versions: {html.escape(run.campaign_version)}, models v{html.escape(str(run.table["model_version"].iloc[0]) if len(run.table) else "")}.</p>
 <h2>The plan beside simple alternatives</h2>
-{_table_html(comparison)}
+{table_html(comparison)}
 <p class="note">Same customers, same hard rules, same limits. {truth_note} {html.escape(verdict)}</p>
 <h2>What the limits cost</h2><ul>{sentences}</ul>
-{_table_html(lim)}
+{table_html(lim)}
 <h2>Per channel and action</h2>
-{_table_html(per_action_table(run))}
+{table_html(per_action_table(run))}
 <h2>Plots</h2>{svgs}
 </body></html>
 """

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from features.contract import CHANNEL
 from serving.campaign_job import write_atomically
+from serving.campaign_report import table_html
 from serving.maturity import Maturity
 
 EXPERIMENT = "nba-maturity"
@@ -110,10 +111,6 @@ def png_base64(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, na_rep="—", float_format=lambda v: f"{v:,.2f}")
-
-
 def _pct(v: float) -> str:
     return f"{v:.1%}"
 
@@ -195,14 +192,14 @@ one identifier linked to no other. On those: {_pct(r.shares["events"])} of the e
 ({r.single_revenue:,.0f} of {r.revenue:,.0f}). The shared-identifier guard cut
 {int(r.shared["identifiers"].sum()) if len(r.shared) else 0:,} identifiers.</p>
 {img["recognition.png"]}
-{_table(r.channels_seen)}{_table(r.by_type)}{_table(r.shared)}
+{table_html(r.channels_seen)}{table_html(r.by_type)}{table_html(r.shared)}
 <h2>2. Consent coverage</h2>
-{_table(coverage_now)}
+{table_html(coverage_now)}
 {img["consent_coverage.png"]}
-<details><summary>coverage per month</summary>{_table(by_month)}</details>
+<details><summary>coverage per month</summary>{table_html(by_month)}</details>
 <h2>3. What a consent is worth</h2>{note}
 <ul>{sentences}</ul>
-{_table(ct)}
+{table_html(ct)}
 {img["consent_value.png"]}
 <p class="note">For customers without the consent: the policy decides with it (the channel's
 actions eligible under the contact policy, the model fed consent = 1) and without it; the
@@ -210,14 +207,14 @@ difference in expected incremental profit. For those with it, the same switched 
 channels' actions are scored on the features as they are, so a channel without any action in the
 catalogue is worth 0.</p>
 <h2>4. What recognition is worth</h2>
-{_table(merge_table)}{_table(rv.split_table)}
+{table_html(merge_table)}{table_html(rv.split_table)}
 <p>{check}</p>
 {img["recognition_value_and_data_use.png"]}
 <h2>5. What data is used</h2>
 <p>Decisions: {html.escape(use.source)}. Channels of history behind each decision (its features
 draw on every channel it had events on), channels its reasons cite, and the expected incremental
 profit of the decisions that could use cross-channel history against those that could not.</p>
-{_table(use.summary)}
+{table_html(use.summary)}
 <h2>Next steps, ranked by money</h2>
 <ol>{steps}</ol>
 </body></html>
