@@ -132,10 +132,8 @@ class RealtimeDecisionLog:
             self._file.write(line)
 
     def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        with self.closed():
+            pass
 
     @contextmanager
     def closed(self) -> Iterator[None]:

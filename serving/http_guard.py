@@ -19,10 +19,11 @@ from typing import Any
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-UTF8_BOM = b"\xef\xbb\xbf"
-QUERY_TOKEN_NAMES = (b"token", b"access_token", b"api_key", b"apikey", b"bearer")
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+UTF8_BOM = b"\xef\xbb\xbf"
+QUERY_TOKEN_NAMES = (b"token", b"access_token", b"api_key", b"apikey", b"bearer")
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -85,8 +86,10 @@ def plain_error(body: dict[str, Any]) -> dict[str, Any]:
     """BentoML's validation answer `{"error", "detail": [pydantic errors]}` in our shape: the
     first field and what was expected, every error in one `detail` string."""
     errors = [e for e in body["detail"] if isinstance(e, dict)]
-    said = [f"{field_path(e.get('loc') or [])}: {e.get('msg', 'invalid')}" for e in errors]
-    said = [s if not s.startswith(": ") else f"body{s}" for s in said]  # no location: the body
+    # an error without a location is about the body
+    said = [
+        f"{field_path(e.get('loc') or []) or 'body'}: {e.get('msg', 'invalid')}" for e in errors
+    ]
     first = field_path(errors[0].get("loc") or []) if errors else "body"
     more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
     return {
