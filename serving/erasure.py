@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from features.privacy import MissingSecret, Pseudonymiser
 from features.tombstones import (
     ERASED,
     ERASURE_DIR,
+    LOG_FILE,
     Tombstones,
     append_erasure,
     erasure_dir,
@@ -381,8 +383,6 @@ def forget(
     report.rows_removed = scrub_files(dd, person, privacy)
     report.input_examples = empty_input_examples(dd)
     if had_store:
-        from datetime import datetime
-
         now = manifest.get("now")
         ingest(
             dd,
@@ -444,7 +444,7 @@ class PrivacyGate:
     @property
     def tombstones(self) -> Tombstones:
         """The erasure log as it is now (read again when the file changed)."""
-        path = erasure_dir(self.data_dir) / "log.jsonl"
+        path = erasure_dir(self.data_dir) / LOG_FILE
         try:
             st = path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
