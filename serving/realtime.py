@@ -22,7 +22,7 @@ from features.identity import customer_id_of
 from features.online_store import OnlineRow, OnlineStoreBase
 from serving.catalogue import NOTHING
 from serving.policy import HOLDOUT, DecisionPolicy, Decisions
-from training.model_safety import definitions_problem
+from training.model_safety import definitions_problem, missing_features
 from training.models import FrameArrays
 
 MAX_REASONS = 3  # per recommended action
@@ -59,9 +59,7 @@ class RealtimeDecider:
     def __init__(self, policy: DecisionPolicy, store: OnlineStoreBase) -> None:
         self.policy = policy
         self.store = store
-        names = list(store.fs.names)
-        known = set(names) | set(store.profile_names)
-        missing = [c for c in policy.bundle.customer_features if c not in known]
+        missing = missing_features(policy.bundle, store)
         if missing:
             raise FeatureListMismatch(
                 f"the champion bundle needs {len(missing)} feature columns the online store "
@@ -75,7 +73,7 @@ class RealtimeDecider:
                 f"the champion bundle cannot run on this online store: {problem}; re-materialise "
                 "the store (`nba features --materialize`) or retrain"
             )
-        self._names = names
+        self._names = list(store.fs.names)
         self._profile = store.profile_names
         self._rng = np.random.default_rng(policy.cfg.exploration.seed)
         self._rng_lock = threading.Lock()  # a Generator is not thread-safe

@@ -23,6 +23,7 @@ from features.definitions import FeatureSet
 from features.errors import UserError
 from features.online_store import (
     DefinitionMismatch,
+    OnlineStoreBase,
     definitions_fingerprint,
     online_store_exists,
     online_store_location,
@@ -88,6 +89,13 @@ def load_verified(version: str, name: str = registry.BUNDLE_MODEL_NAME) -> Model
     return loaded.unwrap_python_model().bundle
 
 
+def missing_features(bundle: ModelBundle, store: OnlineStoreBase) -> list[str]:
+    """The bundle's customer feature columns that `store` holds neither as a feature nor as a
+    profile column, in the bundle's order."""
+    known = set(store.fs.names) | set(store.profile_names)
+    return [c for c in bundle.customer_features if c not in known]
+
+
 def definitions_problem(bundle: ModelBundle, fs: FeatureSet, where: str) -> str | None:
     """Why `bundle` cannot run on features computed with `fs` (stored at `where`), or None.
     A bundle from before the fingerprint was recorded is judged by its column names alone."""
@@ -118,10 +126,9 @@ def promotion_problem(
             f"materialised with: {fix}"
         )
     try:
-        known = set(store.fs.names) | set(store.profile_names)
+        missing = missing_features(bundle, store)
     finally:
         store.close()
-    missing = [c for c in bundle.customer_features if c not in known]
     if missing:
         return (
             f"it needs {len(missing)} feature columns the online store {where} does not hold "
