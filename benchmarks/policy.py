@@ -52,7 +52,7 @@ from serving.policy import DecisionPolicy, load_policy
 from training import registry
 from training.config import TrainingConfig
 from training.datasets import data_end
-from training.models import FrameArrays, FrameEncoder
+from training.encoding import FrameArrays, FrameEncoder
 from training.train import train
 
 LATENCY_CUSTOMERS = 200

@@ -18,7 +18,7 @@ from features.contract import ACTION_ID, CHANNEL
 from features.errors import UserError
 from serving.catalogue import Catalogue
 from training.bundle import ModelBundle
-from training.models import FrameArrays
+from training.encoding import FrameArrays
 
 # Customers whose (customer, action) pairs are scored together: bounds the pairs' memory (at 9
 # actions, about 0.3 GB per model input) while a million customers take 40 chunks.

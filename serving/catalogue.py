@@ -25,7 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from features.config import DataConfig, Strict, load_yaml_text
 from features.errors import UserError
-from training.models import FrameArrays, column_values
+from training.encoding import FrameArrays, column_values
 
 DEFAULT_CATALOGUE = "catalogue.yaml"
 NOTHING = "do_nothing"

@@ -19,7 +19,7 @@ from features.config import DataConfig
 from features.errors import UserError
 from serving.catalogue import Catalogue
 from serving.config import Cap, ContactPolicy
-from training.models import FrameArrays
+from training.encoding import FrameArrays
 
 # why an action is not allowed, in the order the rules are checked (the first one is reported)
 NOT_LIVE = "action not live on the decision date"

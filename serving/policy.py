@@ -30,7 +30,7 @@ from serving.contact_policy import Eligibility, check_columns, eligibility, send
 from serving.exploration import choice_probabilities, sample, with_nothing
 from serving.reasons import FeatureWords, Reason, explain
 from training.bundle import ModelBundle
-from training.models import FrameArrays, column_values
+from training.encoding import FrameArrays, column_values
 
 CAPACITY = "capacity of the run reached"
 NONE_ALLOWED = "no action is allowed now (consent, caps or rules)"

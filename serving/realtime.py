@@ -22,8 +22,8 @@ from features.identity import customer_id_of
 from features.online_store import OnlineRow, OnlineStoreBase
 from serving.catalogue import NOTHING
 from serving.policy import HOLDOUT, DecisionPolicy, Decisions
+from training.encoding import FrameArrays
 from training.model_safety import definitions_problem, missing_features
-from training.models import FrameArrays
 
 MAX_REASONS = 3  # per recommended action
 

@@ -19,7 +19,7 @@ import pandas as pd
 from features.config import DataConfig
 from features.contract import ACTION_ID, CHANNEL
 from training.bundle import ModelBundle
-from training.models import FrameArrays, column_values
+from training.encoding import FrameArrays, column_values
 
 _DOW = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 _CHANNEL_WORDS = {

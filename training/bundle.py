@@ -15,13 +15,12 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from training.encoding import FrameArrays, column_values
 from training.models import (
     CalibratedClassifier,
-    FrameArrays,
     UpliftRLearner,
     UpliftSLearner,
     ValueRegressor,
-    column_values,
 )
 
 CHANNEL_FEATURE = "channel"

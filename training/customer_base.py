@@ -18,7 +18,8 @@ import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 from lifetimes.utils import ConvergenceError
 
-from training.models import CalibratedClassifier, FrameArrays, column_values
+from training.encoding import FrameArrays, column_values
+from training.models import CalibratedClassifier
 
 EXPECTED_PURCHASES = "bgnbd_expected_purchases"
 P_ALIVE = "bgnbd_p_alive"

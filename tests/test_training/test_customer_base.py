@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from training.customer_base import COLUMNS, CustomerBase, WithCustomerBase
-from training.models import CalibratedClassifier, FrameArrays, LGBMParams
+from training.encoding import FrameArrays
+from training.models import CalibratedClassifier, LGBMParams
 
 TRUE = {"r": 0.6, "alpha": 15.0, "a": 0.7, "b": 3.0}
 AGE, HORIZON = 300.0, 90.0
