@@ -20,7 +20,7 @@ from features.config import DataConfig
 from features.contract import DataDir
 from features.event_store import ingest
 from features.privacy import SECRET_VARIABLE
-from features.synth import generate_world
+from features.synthetic.world import generate_world
 
 SECRET = "benchmark-secret-0123456789abcdef"
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.peak_memory import PeakMemory
-from features.synth import generate_world
+from features.synthetic.world import generate_world
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from features.event_store import ingest, store_is_current
 def prepared_world(data: Path | None, customers: int, seed: int = 0) -> DataDir:
     """`data` if given, else a new synthetic world of `customers`; ingested if its store is stale."""
     if data is None:
-        from features.synth import generate_world
+        from features.synthetic.world import generate_world
 
         data = Path(tempfile.mkdtemp(prefix="nba-bench-")) / "world"
         print(f"generating {customers:,} customers into {data}")

@@ -52,7 +52,7 @@ def synth(
     ] = 0.0005,
 ) -> None:
     """Generate a synthetic omnichannel world with ground truth (events, customers, truth)."""
-    from features.synth import generate_world
+    from features.synthetic.world import generate_world
 
     summary = generate_world(
         out,

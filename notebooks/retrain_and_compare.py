@@ -33,7 +33,7 @@ from features.config import DataConfig
 from features.contract import DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.event_store import ingest, open_store
-from features.synth import generate_world
+from features.synthetic.world import generate_world
 from training.config import TrainingConfig
 from training.datasets import event_time_range
 from training.models import LGBMParams

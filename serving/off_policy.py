@@ -499,7 +499,7 @@ def occasion_truth(occ: Occasions, contact_truth: pd.DataFrame) -> OccasionTruth
     `spend`: the world realises a contact's effect on the organic Poisson purchases (expected count
     L0 = -log(1 - p0) in the window, amounts with mean v) by adding one induced purchase with
     probability (p1 - p0) / (1 - p0) when p1 > p0, or by deleting the window's organic purchases
-    with probability (p0 - p1) / p0 when p1 < p0 (`features.synth`). Hence
+    with probability (p0 - p1) / p0 when p1 < p0 (`features.synthetic.responses`). Hence
     E[spend | no contact] = v L0 and E[spend | contact] = v (L0 + (p1 - p0) / (1 - p0)) or
     v L0 p1 / p0. `purchase`: E = P(buy) x the value model's v(x), as the reward defines it.
     """

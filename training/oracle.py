@@ -60,7 +60,7 @@ def purchase_oracle(
 
     NaN for customers that are not a known person (see `load_truth`).
     """
-    from features.synth import true_purchase_probability
+    from features.synthetic.purchases import true_purchase_probability
 
     people = truth.customers
     p = pd.Series(

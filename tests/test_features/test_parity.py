@@ -216,12 +216,12 @@ def _replay_expecting(store: OnlineStoreBase, events: pd.DataFrame, applied: int
 @pytest.fixture(scope="module")
 def synth_world(tmp_path_factory):
     """A 300-person synthetic world, ingested: events, customers and identity as in production."""
-    from features import synth
     from features.contract import DataDir
     from features.event_store import ingest
+    from features.synthetic.world import generate_world
 
     root = tmp_path_factory.mktemp("synth") / "world"
-    synth.generate_world(root, customers=300, days=120, seed=3, workers=1, progress=False)
+    generate_world(root, customers=300, days=120, seed=3, workers=1, progress=False)
     ingest(DataDir(root), DATA, progress=False)
     return DataDir(root)
 

@@ -11,12 +11,10 @@ import pytest
 
 from features.config import DataConfig
 from features.contract import EVENT_SCHEMA, KEY_PATTERN
-from features.synth import (
-    ACTIONS,
-    WorldParams,
-    generate_world,
-    true_purchase_probability,
-)
+from features.synthetic.campaigns import ACTIONS
+from features.synthetic.params import WorldParams
+from features.synthetic.purchases import true_purchase_probability
+from features.synthetic.world import generate_world
 
 TABLES = (
     "events",

@@ -11,7 +11,7 @@ from features.config import DataConfig
 from features.contract import DataDir
 from features.definitions import FeatureConfig, FeatureSet
 from features.event_store import ingest, open_store
-from features.synth import generate_world
+from features.synthetic.world import generate_world
 from training.config import TrainingConfig
 from training.datasets import data_end
 from training.train import TrainResult, train

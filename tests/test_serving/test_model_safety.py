@@ -170,7 +170,7 @@ def test_train_refuses_to_promote_onto_a_store_of_other_definitions(tmp_path):
     materialised with other definitions registers a challenger only; after re-materialising
     with the training's definitions, the next run is champion."""
     from features.event_store import ingest, open_store
-    from features.synth import generate_world
+    from features.synthetic.world import generate_world
     from training.config import TrainingConfig
     from training.datasets import data_end
     from training.train import train

@@ -11,7 +11,7 @@ from features.config import DataConfig
 from features.contract import DataDir
 from features.definitions import FeatureConfig
 from features.event_store import ingest, open_store
-from features.synth import generate_world
+from features.synthetic.world import generate_world
 from training import registry
 from training.config import TrainingConfig
 from training.metrics import expected_calibration_error

@@ -19,7 +19,7 @@ from killed_train import (
 from features.config import DataConfig
 from features.contract import DataDir
 from features.event_store import ingest
-from features.synth import generate_world
+from features.synthetic.world import generate_world
 from training import registry
 
 pytestmark = pytest.mark.integration
