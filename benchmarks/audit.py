@@ -19,10 +19,10 @@ from pathlib import Path
 
 from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import open_store
+from features.ingest.event_store import open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from serving.audit import AuditRules, logged_contacts, replay
 from serving.config import PolicyConfig
 from training.datasets import data_end

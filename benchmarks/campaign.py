@@ -25,11 +25,11 @@ import pandas as pd
 
 from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import open_store
+from features.ingest.contract import ACTION_ID, CHANNEL, CUSTOMER_ID
+from features.ingest.event_store import open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from serving.arbitration import CUSTOMERS_PER_CHUNK, customer_arrays
 from serving.campaign import parse_campaign
 from serving.campaign_job import run_campaign, write_run

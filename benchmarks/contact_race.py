@@ -39,9 +39,9 @@ from benchmarks.serving import (
     scratch_copy,
 )
 from features.config import DataConfig, OnlineStoreConfig
-from features.contract import CUSTOMER_ID
-from features.definitions import FeatureConfig, FeatureSet
-from features.redis_online_store import RedisOnlineStore
+from features.ingest.contract import CUSTOMER_ID
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.redis_online_store import RedisOnlineStore
 from serving.config import PolicyConfig
 
 WEEK_CAPS = {

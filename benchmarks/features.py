@@ -21,10 +21,10 @@ import psutil
 
 from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import open_store
+from features.ingest.event_store import open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from training.config import LabelConfig
 from training.datasets import data_end, snapshot_times, snapshot_training_set
 

@@ -81,7 +81,7 @@ def service_kills(source: Path, scratch: Path, args, rng) -> tuple[list[ServiceK
     )
     from service_process import start_service
 
-    from features.contract import DataDir
+    from features.ingest.contract import DataDir
 
     root = scratch / "serve"
     shutil.copytree(source, root, ignore=shutil.ignore_patterns("service-*.log", "decisions"))

@@ -40,11 +40,11 @@ from scipy import stats
 
 from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import open_store
+from features.ingest.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, DataDir
+from features.ingest.event_store import open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from serving.arbitration import ScoredActions
 from serving.catalogue import NOTHING
 from serving.config import PolicyConfig

@@ -17,9 +17,9 @@ from pathlib import Path
 import duckdb
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.event_store import ingest
-from features.privacy import SECRET_VARIABLE
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest
+from features.ingest.privacy import SECRET_VARIABLE
 from features.synthetic.world import generate_world
 
 SECRET = "benchmark-secret-0123456789abcdef"

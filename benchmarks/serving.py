@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.world import prepared_world
-from features.contract import ACTION_ID, CHANNEL, DataDir
+from features.ingest.contract import ACTION_ID, CHANNEL, DataDir
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
@@ -618,8 +618,8 @@ def redis_figures(
 ) -> RedisFigures:
     """Section 3c: a copy of the world on a Redis online store, one replica, then two."""
     from features.config import load_data_config, load_online_store_config, load_section
-    from features.definitions import FeatureConfig, FeatureSet
-    from features.redis_online_store import RedisOnlineStore
+    from features.store.definitions import FeatureConfig, FeatureSet
+    from features.store.redis_online_store import RedisOnlineStore
 
     with local_redis(scratch / "redis") as server:
         world = scratch_copy(source, scratch / "on-redis")

@@ -172,7 +172,7 @@ def drive(
 
 def soak_keys(data: Path, n: int, seed: int) -> list[str]:
     """One identifier of each of n random customers of the event store."""
-    from features.event_store import open_store
+    from features.ingest.event_store import open_store
 
     con = open_store(data)
     try:

@@ -26,10 +26,10 @@ import pandas as pd
 
 from benchmarks.peak_memory import PeakMemory
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID, CUSTOMER_KEY, LINK_KEY, TS
-from features.definitions import FeatureConfig, FeatureSet
-from features.identity import resolve_identities
-from features.online_store import OnlineStore
+from features.ingest.contract import CUSTOMER_ID, CUSTOMER_KEY, LINK_KEY, TS
+from features.ingest.identity import resolve_identities
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import OnlineStore
 
 START = pd.Timestamp("2025-01-01", tz="UTC")
 

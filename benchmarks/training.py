@@ -17,8 +17,8 @@ from pathlib import Path
 from benchmarks.peak_memory import PeakMemory
 from benchmarks.world import prepared_world
 from features.config import DataConfig
-from features.definitions import FeatureConfig
-from features.event_store import open_store
+from features.ingest.event_store import open_store
+from features.store.definitions import FeatureConfig
 from training.config import TrainingConfig
 from training.train import train
 

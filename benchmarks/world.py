@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.event_store import ingest, store_is_current
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest, store_is_current
 
 
 def prepared_world(data: Path | None, customers: int, seed: int = 0) -> DataDir:

@@ -1,1 +1,2 @@
-"""Data contract, validation, identity resolution, synthetic world and customer features."""
+"""Data in, features out: ingestion (`ingest/`), the feature store (`store/`) and, apart from the
+product's data path, the synthetic world with its ground truth (`synthetic/`)."""

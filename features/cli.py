@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.config import load_data_config, load_online_store_config
-from features.contract import DataDir
+from features.ingest.contract import DataDir
 
 console = Console()
 
@@ -92,8 +92,8 @@ def validate(data: DataOption, config: ConfigOption = None, now: NowOption = Non
     """Validate the events (and customers) of a data directory; quarantine rejected rows."""
     import duckdb
 
-    from features.tombstones import Tombstones
-    from features.validation import (
+    from features.ingest.tombstones import Tombstones
+    from features.ingest.validation import (
         rejection_hints,
         validate_customers,
         validate_events,
@@ -121,8 +121,8 @@ def ingest(data: DataOption, config: ConfigOption = None, now: NowOption = None)
 
     Stops with exit code 2, writing no store, when no event (or less than
     data.validation.min_accepted_share of them) is accepted."""
-    from features.event_store import IngestRefused
-    from features.event_store import ingest as run_ingest
+    from features.ingest.event_store import IngestRefused
+    from features.ingest.event_store import ingest as run_ingest
 
     cfg = load_data_config(config)
     try:
@@ -142,8 +142,8 @@ def ingest(data: DataOption, config: ConfigOption = None, now: NowOption = None)
 
 def _open_current_store(data: Path, config: Path | None):
     """A DuckDB connection on the event store, ingesting first if it is missing or stale."""
-    from features.event_store import ingest as run_ingest
-    from features.event_store import open_store, store_is_current
+    from features.ingest.event_store import ingest as run_ingest
+    from features.ingest.event_store import open_store, store_is_current
 
     data_dir = DataDir(data)
     if not store_is_current(data_dir):
@@ -179,9 +179,9 @@ def features(
     import pandas as pd
     from tqdm import tqdm
 
-    from features.batch import BatchEngine
     from features.config import load_section
-    from features.definitions import FeatureConfig, FeatureSet
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureConfig, FeatureSet
 
     fs = FeatureSet(load_data_config(config), load_section(config, "features", FeatureConfig))
     con = _open_current_store(data, config)
@@ -201,7 +201,7 @@ def features(
         f"at {len(times)} as-of time(s)"
     )
     if materialize:
-        from features.online_store import open_online_store
+        from features.store.online_store import open_online_store
 
         with open_online_store(DataDir(data), fs, load_online_store_config(config)) as store:
             n = store.materialize(con, as_of=max(times))

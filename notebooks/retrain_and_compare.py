@@ -28,11 +28,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest, open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from features.synthetic.world import generate_world
 from training.config import TrainingConfig
 from training.datasets import event_time_range

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.contract import ACTION_ID, CHANNEL
 from features.errors import UserError
+from features.ingest.contract import ACTION_ID, CHANNEL
 from serving.catalogue import Catalogue
 from training.bundle import ModelBundle
 from training.encoding import FrameArrays

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID, DataDir
-from features.definitions import US_PER_DAY, FeatureConfig
 from features.errors import UserError
+from features.ingest.contract import CUSTOMER_ID, DataDir
+from features.store.definitions import US_PER_DAY, FeatureConfig
 from serving.campaign_job import ASSIGNMENTS, write_atomically
 from serving.config import Cap, ContactPolicy, PolicyConfig
 from serving.contact_policy import COOLDOWN, NO_CONSENT, QUIET, cap_reason, local_hour

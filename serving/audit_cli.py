@@ -48,7 +48,7 @@ def audit(
     consent, a cap, the cool-down or quiet hours, with the rule and the evidence. Exit status:
     0 no violation, 1 violations found, 2 bad input or configuration."""
     from features.config import load_data_config, load_section
-    from features.definitions import FeatureConfig
+    from features.store.definitions import FeatureConfig
     from serving.audit import AuditRules, logged_contacts, replay, write_violations
     from serving.config import load_policy_config
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.batch import AS_OF
-from features.contract import CUSTOMER_ID
+from features.ingest.contract import CUSTOMER_ID
+from features.store.batch import AS_OF
 from serving.arbitration import ScoredActions, score_actions
 from serving.assignment import (
     Limits,

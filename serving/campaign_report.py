@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from features.contract import DataDir
+from features.ingest.contract import DataDir
 from serving.assignment import Limits
 from serving.campaign_job import CampaignRun, summary, write_atomically
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from features.contract import DataDir
+from features.ingest.contract import DataDir
 from serving.decision_log import DECISIONS_DIR
 
 

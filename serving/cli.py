@@ -58,9 +58,9 @@ def _policy_inputs(data: Path, config: Path | None, alias: str, strict: bool = F
     """Configuration, the event store, the feature engine and the policy over bundle `alias`;
     catalogue actions the data cannot support are left out and reported once (`strict`: an
     error)."""
-    from features.batch import BatchEngine
     from features.config import load_data_config, load_section
-    from features.definitions import FeatureConfig, FeatureSet
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureConfig, FeatureSet
     from serving.config import load_policy_config
     from serving.policy import load_policy
 
@@ -204,8 +204,8 @@ def decide(
     """Next best action for one customer (printed) or for every customer (a parquet file)."""
     import pandas as pd
 
-    from features.batch import AS_OF
-    from features.contract import CUSTOMER_ID, DataDir
+    from features.ingest.contract import CUSTOMER_ID, DataDir
+    from features.store.batch import AS_OF
     from serving.decision_log import write_decision_log
     from training.datasets import data_end
 
@@ -263,9 +263,9 @@ def predict(
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from features.batch import BatchEngine
     from features.config import load_data_config, load_section
-    from features.definitions import FeatureConfig, FeatureSet
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureConfig, FeatureSet
     from serving.catalogue import load_catalogue
     from serving.config import load_policy_config
     from serving.policy import NoBundle
@@ -372,7 +372,7 @@ def campaign(
     import pandas as pd
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from features.contract import DataDir
+    from features.ingest.contract import DataDir
     from serving.campaign_job import run_campaign, summary, write_run
     from serving.decision_log import write_decision_log
     from training.datasets import data_end
@@ -484,7 +484,7 @@ def campaign_results(
     """After a logged campaign (`nba campaign --log`, then `nba ingest` of the events that
     followed): the measured incremental effect per action, contacted minus held out, with a
     confidence interval, beside what the plan expected."""
-    from features.contract import DataDir
+    from features.ingest.contract import DataDir
     from serving.campaign_results import measure, print_results
     from training.config import load_training_config
 
@@ -627,7 +627,7 @@ def evaluate_policy(
     config: features_cli.ConfigOption = None,
 ) -> None:
     """Value candidate policies off-policy (IPS, SNIPS, DR) from logged contacts and holdouts."""
-    from features.contract import DataDir
+    from features.ingest.contract import DataDir
     from serving import off_policy as ope
     from serving.config import load_policy_config
     from serving.policy import DecisionPolicy, load_policy
@@ -800,8 +800,8 @@ def _demo_calls(data: Path, url: str, token: str) -> None:
     import httpx
     import pandas as pd
 
-    from features.contract import DataDir
-    from features.event_store import open_store
+    from features.ingest.contract import DataDir
+    from features.ingest.event_store import open_store
 
     console = features_cli.console
     con = open_store(DataDir(data))

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from features.contract import ACTION_ID, CHANNEL
-from features.history import EventHistory
-from features.identity import masked
+from features.ingest.contract import ACTION_ID, CHANNEL
+from features.ingest.history import EventHistory
+from features.ingest.identity import masked
 from serving.api_models import (
     ConsentState,
     Customer360,

@@ -22,8 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.batch import AS_OF
-from features.contract import (
+from features.ingest.contract import (
     ACTION_ID,
     AMOUNT,
     CATEGORY,
@@ -38,6 +37,7 @@ from features.contract import (
     TS,
     DataDir,
 )
+from features.store.batch import AS_OF
 
 DECISIONS_DIR = "decisions"
 

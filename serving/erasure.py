@@ -8,7 +8,7 @@ clear identifier in an input file is recognised by its hash), the online store (
 state, profile, identity entries, event log), the MLflow input examples under DIR/mlflow, and
 rebuilds the event store from the erased inputs. Every rewrite goes to a temporary file that is
 renamed over the old one, so a crash leaves each file whole, before or after. The erasure is
-recorded in DIR/erasure/log.jsonl with salted hashes only (features/tombstones.py), so later
+recorded in DIR/erasure/log.jsonl with salted hashes only (features/ingest/tombstones.py), so later
 events of the person are quarantined as `erased` until they consent again.
 
 `PrivacyGate` is the service's side: it hashes clear identifiers of POST /events and lookups,
@@ -33,12 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.config import DataConfig, OnlineStoreConfig
-from features.contract import CUSTOMER_ID, CUSTOMER_KEY, KEY_SEPARATOR, LINK_KEY, DataDir
 from features.errors import UserError
-from features.event_store import IDENTITY_FILE, MANIFEST_FILE, ingest
-from features.online_store import OnlineStoreBase
-from features.privacy import MissingSecret, Pseudonymiser
-from features.tombstones import (
+from features.ingest.contract import CUSTOMER_ID, CUSTOMER_KEY, KEY_SEPARATOR, LINK_KEY, DataDir
+from features.ingest.event_store import IDENTITY_FILE, MANIFEST_FILE, ingest
+from features.ingest.privacy import MissingSecret, Pseudonymiser
+from features.ingest.tombstones import (
     ERASED,
     ERASURE_DIR,
     LOG_FILE,
@@ -50,6 +49,7 @@ from features.tombstones import (
     read_salt,
     salted_hash,
 )
+from features.store.online_store import OnlineStoreBase
 
 CLEAR_IDENTIFIER = "clear_identifier"  # POST /events: a clear identifier and no secret to hash it
 MLFLOW_DIR = "mlflow"

@@ -26,9 +26,9 @@ def forget(
     theirs are quarantined as `erased` until a new consent comes with them. Stop the service
     first, or call its POST /forget instead."""
     from features.config import load_data_config, load_online_store_config, load_section
-    from features.contract import DataDir
-    from features.definitions import FeatureConfig, FeatureSet
-    from features.online_store import online_store_exists, open_online_store
+    from features.ingest.contract import DataDir
+    from features.store.definitions import FeatureConfig, FeatureSet
+    from features.store.online_store import online_store_exists, open_online_store
     from serving.erasure import forget as erase
 
     dd = DataDir(data)

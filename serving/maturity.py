@@ -26,11 +26,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
-from features.contract import AMOUNT, CHANNEL, CUSTOMER_ID, CUSTOMER_KEY, DataDir
-from features.definitions import FeatureConfig
 from features.errors import UserError
+from features.ingest.contract import AMOUNT, CHANNEL, CUSTOMER_ID, CUSTOMER_KEY, DataDir
+from features.store.batch import AS_OF, BatchEngine
+from features.store.definitions import FeatureConfig
 from serving.catalogue import NOTHING
 from serving.config import MaturityConfig
 from serving.contact_policy import consent_column

@@ -27,10 +27,10 @@ def maturity(
     recognition, consent coverage, the value of a consent and of recognition, the data each
     decision used, and the next three steps ranked by money (one offline HTML page, logged to
     the MLflow experiment `nba-maturity`)."""
-    from features.batch import BatchEngine
     from features.config import load_data_config, load_section
-    from features.contract import DataDir
-    from features.definitions import FeatureConfig, FeatureSet
+    from features.ingest.contract import DataDir
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureConfig, FeatureSet
     from serving.config import load_maturity_config, load_policy_config
     from serving.maturity import MaturityInputs, build
     from serving.maturity_report import write_report

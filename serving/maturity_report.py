@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from features.contract import CHANNEL
+from features.ingest.contract import CHANNEL
 from serving.campaign_job import write_atomically
 from serving.campaign_report import table_html
 from serving.maturity import Maturity

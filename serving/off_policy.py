@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from features.contract import ACTION_ID, CUSTOMER_ID, EVENT_ID, TS
+from features.ingest.contract import ACTION_ID, CUSTOMER_ID, EVENT_ID, TS
 from serving.arbitration import candidate_frame, expected_order_value, score_actions
 from serving.catalogue import NOTHING, Catalogue
 from serving.contact_policy import eligibility

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.batch import AS_OF
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID
 from features.errors import UserError
+from features.ingest.contract import CUSTOMER_ID
+from features.store.batch import AS_OF
 from serving.arbitration import ScoredActions, score_actions
 from serving.catalogue import NOTHING, Catalogue, load_catalogue
 from serving.config import PolicyConfig

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.batch import AS_OF
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID
+from features.ingest.contract import CUSTOMER_ID
+from features.store.batch import AS_OF
 from serving.catalogue import Catalogue
 from training.bundle import ACTION_FEATURE, CHANNEL_FEATURE, ModelBundle
 

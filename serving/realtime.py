@@ -17,9 +17,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from features.contract import CUSTOMER_ID, KEY_SEPARATOR
-from features.identity import customer_id_of
-from features.online_store import OnlineRow, OnlineStoreBase
+from features.ingest.contract import CUSTOMER_ID, KEY_SEPARATOR
+from features.ingest.identity import customer_id_of
+from features.store.online_store import OnlineRow, OnlineStoreBase
 from serving.catalogue import NOTHING
 from serving.policy import HOLDOUT, DecisionPolicy, Decisions
 from training.encoding import FrameArrays

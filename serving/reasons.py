@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import DataConfig
-from features.contract import ACTION_ID, CHANNEL
+from features.ingest.contract import ACTION_ID, CHANNEL
 from training.bundle import ModelBundle
 from training.encoding import FrameArrays, column_values
 

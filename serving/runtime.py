@@ -23,9 +23,10 @@ from features.config import (
     load_online_store_config,
     load_section,
 )
-from features.contract import CUSTOMER_ID, KEY_SEPARATOR, DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.online_store import (
+from features.ingest.contract import CUSTOMER_ID, KEY_SEPARATOR, DataDir
+from features.ingest.privacy import MissingSecret
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import (
     CONFLICT,
     DefinitionMismatch,
     OnlineStoreBase,
@@ -33,8 +34,7 @@ from features.online_store import (
     online_store_location,
     open_online_store,
 )
-from features.privacy import MissingSecret
-from features.redis_online_store import OnlineStoreUnavailable
+from features.store.redis_online_store import OnlineStoreUnavailable
 from serving.api_models import (
     Components,
     CustomerRef,

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Query
 from pydantic import Field
 from starlette.responses import FileResponse, JSONResponse
 
-from features.history import EventHistory
+from features.ingest.history import EventHistory
 from serving.api_models import (
     Context,
     Customer360,

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.batch import AS_OF
-from features.contract import CUSTOMER_ID
+from features.ingest.contract import CUSTOMER_ID
+from features.store.batch import AS_OF
 from serving.arbitration import ScoredActions
 from serving.assignment import (
     Solution,
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from features.config import load_data_config
-    from features.spark_engine import local_spark
+    from features.store.spark_engine import local_spark
     from serving.campaign import load_campaign
     from serving.config import load_policy_config
     from serving.policy import load_policy

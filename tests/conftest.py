@@ -19,9 +19,9 @@ import pytest  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 from features.config import DataConfig, OnlineStoreConfig  # noqa: E402
-from features.definitions import FeatureConfig, FeatureSet  # noqa: E402
-from features.online_store import OnlineStore, OnlineStoreBase  # noqa: E402
-from features.redis_online_store import RedisOnlineStore  # noqa: E402
+from features.store.definitions import FeatureConfig, FeatureSet  # noqa: E402
+from features.store.online_store import OnlineStore, OnlineStoreBase  # noqa: E402
+from features.store.redis_online_store import RedisOnlineStore  # noqa: E402
 
 _FS = FeatureSet(DataConfig(), FeatureConfig())
 

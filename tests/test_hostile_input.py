@@ -23,10 +23,10 @@ import pytest
 from typer.testing import CliRunner
 
 from features.config import DataConfig
-from features.contract import DataDir
 from features.errors import UserError
-from features.event_store import open_store, store_is_current
-from features.validation import validate_events
+from features.ingest.contract import DataDir
+from features.ingest.event_store import open_store, store_is_current
+from features.ingest.validation import validate_events
 from serving.campaign import load_campaign
 from serving.catalogue import load_catalogue
 from serving.cli import app

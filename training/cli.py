@@ -31,9 +31,9 @@ def training_set(
     config: ConfigOption = None,
 ) -> None:
     """Build a point-in-time training set: features before each time, labels after it."""
-    from features.batch import BatchEngine
     from features.config import load_data_config, load_section
-    from features.definitions import FeatureConfig, FeatureSet
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureConfig, FeatureSet
     from training.config import load_training_config
     from training.datasets import contact_training_set, snapshot_training_set
 
@@ -100,7 +100,7 @@ def _print_reports(reports) -> None:
 
 def _load_all(data: Path, config: Path | None):
     from features.config import load_data_config, load_section
-    from features.definitions import FeatureConfig
+    from features.store.definitions import FeatureConfig
     from training.config import load_training_config
 
     return (
@@ -113,7 +113,7 @@ def _load_all(data: Path, config: Path | None):
 def train(data: DataOption, config: ConfigOption = None) -> None:
     """Train, evaluate and register the model bundle; promote it if it passes the gate."""
     from features.config import load_online_store_config
-    from features.contract import DataDir
+    from features.ingest.contract import DataDir
     from training.train import train as run_train
 
     data_cfg, feature_cfg, cfg = _load_all(data, config)
@@ -152,9 +152,9 @@ def evaluate(
     """Evaluate a registered bundle on the data's test window against heuristics and oracle."""
     import mlflow
 
-    from features.batch import BatchEngine
-    from features.contract import DataDir
-    from features.definitions import FeatureSet
+    from features.ingest.contract import DataDir
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureSet
     from training import registry
     from training.oracle import load_truth
     from training.train import build_training_data, evaluate_bundle

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from features.batch import AS_OF, BatchEngine, to_us
 from features.config import DataConfig
-from features.contract import (
+from features.errors import UserError
+from features.ingest.contract import (
     ACTION_ID,
     AMOUNT,
     CHANNEL,
@@ -34,8 +34,8 @@ from features.contract import (
     PROPENSITY,
     TS,
 )
-from features.definitions import US_PER_DAY
-from features.errors import UserError
+from features.store.batch import AS_OF, BatchEngine, to_us
+from features.store.definitions import US_PER_DAY
 from training.config import LabelConfig
 
 TREATED = "treated"

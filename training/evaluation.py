@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
-from features.contract import CHANNEL, CUSTOMER_ID
+from features.ingest.contract import CHANNEL, CUSTOMER_ID
 from training import plots
 from training.bundle import ModelBundle
 from training.datasets import PURCHASED, RESPONDED, SPEND, TREATED

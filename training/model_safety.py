@@ -18,10 +18,10 @@ import mlflow
 from mlflow import MlflowClient
 
 from features.config import OnlineStoreConfig
-from features.contract import DataDir
-from features.definitions import FeatureSet
 from features.errors import UserError
-from features.online_store import (
+from features.ingest.contract import DataDir
+from features.store.definitions import FeatureSet
+from features.store.online_store import (
     DefinitionMismatch,
     OnlineStoreBase,
     definitions_fingerprint,

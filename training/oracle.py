@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.contract import CUSTOMER_ID, EVENT_ID, DataDir
+from features.ingest.contract import CUSTOMER_ID, EVENT_ID, DataDir
 
 
 @dataclass

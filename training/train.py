@@ -20,11 +20,11 @@ import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import ColSpec, Schema
 
-from features.batch import BatchEngine
 from features.config import DataConfig, OnlineStoreConfig
-from features.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, TS, DataDir
-from features.definitions import FeatureConfig, FeatureSet
 from features.errors import UserError
+from features.ingest.contract import ACTION_ID, CHANNEL, CUSTOMER_ID, TS, DataDir
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from training import model_safety, registry
 from training.bundle import BundlePyfunc, FamilyPyfunc, ModelBundle, pip_requirements
 from training.config import TrainingConfig

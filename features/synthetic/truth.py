@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.contract import (
+from features.ingest.contract import (
     ACTION_ID,
     CHANNEL,
     EVENT_ID,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from features.contract import (
+from features.ingest.contract import (
     CUSTOMER_KEY,
     EVENT_SCHEMA,
 )

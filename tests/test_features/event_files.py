@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from features.contract import EVENT_COLUMNS
+from features.ingest.contract import EVENT_COLUMNS
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:

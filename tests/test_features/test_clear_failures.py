@@ -11,7 +11,7 @@ import pytest
 from real_like import one_line_error, purchase_log, run_nba
 
 from features.config import ConfigError, DataConfig, load_data_config
-from features.event_store import IngestRefused, ingest, store_is_current
+from features.ingest.event_store import IngestRefused, ingest, store_is_current
 
 
 @pytest.fixture(scope="module")

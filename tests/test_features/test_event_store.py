@@ -14,8 +14,8 @@ import pytest
 from event_files import write_csv
 
 from features.config import DataConfig, IdentityConfig
-from features.contract import CODED_COLUMNS, EVENT_COLUMNS, EVENT_SCHEMA, DataDir
-from features.event_store import STORE_FILES, ingest, open_store, store_is_current
+from features.ingest.contract import CODED_COLUMNS, EVENT_COLUMNS, EVENT_SCHEMA, DataDir
+from features.ingest.event_store import STORE_FILES, ingest, open_store, store_is_current
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 CFG = DataConfig()

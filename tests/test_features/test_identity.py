@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.config import DataConfig, IdentityConfig
-from features.identity import customer_id_of, customer_id_sql, resolve_identities
+from features.ingest.identity import customer_id_of, customer_id_sql, resolve_identities
 
 CFG = IdentityConfig()
 

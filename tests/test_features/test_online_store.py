@@ -22,9 +22,9 @@ import redis
 from redis_server import RedisServer
 
 from features.config import DataConfig, OnlineStoreConfig
-from features.definitions import FeatureConfig, FeatureSet
-from features.identity import customer_id_sql
-from features.online_store import (
+from features.ingest.identity import customer_id_sql
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import (
     CONFLICT,
     DUPLICATE,
     EMPTY_CUSTOMER_KEY,
@@ -41,7 +41,7 @@ from features.online_store import (
     OnlineStore,
     customer_id_of,
 )
-from features.redis_online_store import OnlineStoreUnavailable, RedisOnlineStore
+from features.store.redis_online_store import OnlineStoreUnavailable, RedisOnlineStore
 
 ROOT = Path(__file__).resolve().parents[2]
 FS = FeatureSet(DataConfig(), FeatureConfig())
@@ -104,10 +104,10 @@ _CHILD = textwrap.dedent(
     import json, sys
     import pandas as pd
     from features.config import DataConfig
-    from features.definitions import FeatureConfig, FeatureSet
+    from features.store.definitions import FeatureConfig, FeatureSet
     from features.config import OnlineStoreConfig
-    from features.online_store import OnlineStore
-    from features.redis_online_store import OnlineStoreUnavailable, RedisOnlineStore
+    from features.store.online_store import OnlineStore
+    from features.store.redis_online_store import OnlineStoreUnavailable, RedisOnlineStore
 
     spec, fs = json.loads(sys.argv[1]), FeatureSet(DataConfig(), FeatureConfig())
     if "path" in spec:
@@ -558,8 +558,8 @@ def test_forgetting_old_ids_keeps_replays_duplicates(store):
 def test_single_read_path_uses_no_pandas(store, monkeypatch):
     """The serving path: one indexed lookup (SQLite) or one round trip (Redis) and numpy, no
     DataFrame (sub-millisecond)."""
-    import features.online_store as module
-    import features.redis_online_store as redis_module
+    import features.store.online_store as module
+    import features.store.redis_online_store as redis_module
 
     store.apply_events(events(purchase("a", 0)))
     cid = store.resolve("loyalty:1")

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from frame_checks import ATOL, RTOL, assert_columns_close
 
-from features.batch import AS_OF, BatchEngine, to_us
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID, CUSTOMER_KEY, LINK_KEY, TS
-from features.definitions import FeatureConfig, FeatureSet
-from features.identity import resolve_identities
-from features.online_store import DUPLICATE, OnlineStoreBase, customer_id_of
+from features.ingest.contract import CUSTOMER_ID, CUSTOMER_KEY, LINK_KEY, TS
+from features.ingest.identity import resolve_identities
+from features.store.batch import AS_OF, BatchEngine, to_us
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import DUPLICATE, OnlineStoreBase, customer_id_of
 
 START = pd.Timestamp("2025-01-06", tz="UTC")
 DAYS = 100
@@ -216,8 +216,8 @@ def _replay_expecting(store: OnlineStoreBase, events: pd.DataFrame, applied: int
 @pytest.fixture(scope="module")
 def synth_world(tmp_path_factory):
     """A 300-person synthetic world, ingested: events, customers and identity as in production."""
-    from features.contract import DataDir
-    from features.event_store import ingest
+    from features.ingest.contract import DataDir
+    from features.ingest.event_store import ingest
     from features.synthetic.world import generate_world
 
     root = tmp_path_factory.mktemp("synth") / "world"
@@ -229,7 +229,7 @@ def synth_world(tmp_path_factory):
 def test_synthetic_world_replay_equals_batch(opener, synth_world):
     """The ingested store's events replayed online (identity and profiles materialised first,
     so both sides name customers alike) give the batch snapshot with profiles."""
-    from features.event_store import open_store
+    from features.ingest.event_store import open_store
 
     con = open_store(synth_world)
     try:

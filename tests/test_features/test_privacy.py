@@ -18,11 +18,11 @@ import pytest
 from event_files import write_csv
 
 from features.config import DataConfig
-from features.contract import EVENT_COLUMNS, DataDir
 from features.errors import UserError
-from features.event_store import ingest
-from features.privacy import SECRET_VARIABLE, Pseudonymiser, is_clear
-from features.tombstones import append_erasure, read_salt, salted_hash
+from features.ingest.contract import EVENT_COLUMNS, DataDir
+from features.ingest.event_store import ingest
+from features.ingest.privacy import SECRET_VARIABLE, Pseudonymiser, is_clear
+from features.ingest.tombstones import append_erasure, read_salt, salted_hash
 
 SECRET = "a-test-secret-of-32-characters!!"
 NOW = datetime(2025, 6, 1, tzinfo=UTC)

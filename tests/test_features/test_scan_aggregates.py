@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from frame_checks import ATOL, RTOL, assert_columns_close
 
-from features.batch import DUCKDB, BatchEngine, FeatureEngine, base_aggregates_sql, to_us
 from features.config import DataConfig
-from features.contract import (
+from features.ingest.contract import (
     AMOUNT,
     CATEGORY,
     CHANNEL,
@@ -26,9 +25,10 @@ from features.contract import (
     STORE_EVENTS_VARIABLE,
     TS,
 )
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import StoreFile
-from features.scan_aggregates import partition_bounds
+from features.ingest.event_store import StoreFile
+from features.store.batch import DUCKDB, BatchEngine, FeatureEngine, base_aggregates_sql, to_us
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.scan_aggregates import partition_bounds
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 CUTS = [
@@ -207,7 +207,7 @@ def test_partition_events_is_configurable():
 def test_customer_index_of_sorted_runs_handed_over_out_of_order():
     # a parallel scan of the sorted store may return its row groups in any order; a customer
     # at a row-group boundary then appears in two runs
-    from features.scan_aggregates import _customer_index
+    from features.store.scan_aggregates import _customer_index
 
     ids = pa.chunked_array([["c", "d", "d"], ["a", "b", "c"], ["d", "e"]])
     index, distinct = _customer_index(ids)

@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from frame_checks import ATOL, RTOL
 
-from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
-from features.contract import (
+from features.ingest.contract import (
     ACTION_ID,
     AMOUNT,
     CATEGORY,
@@ -31,7 +30,8 @@ from features.contract import (
     PROPENSITY,
     TS,
 )
-from features.definitions import FeatureConfig, FeatureSet
+from features.store.batch import AS_OF, BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 
 pytestmark = [
     pytest.mark.integration,
@@ -147,7 +147,7 @@ def store(tmp_path_factory, fs):
 
 @pytest.fixture(scope="module")
 def spark():
-    from features.spark_engine import local_spark
+    from features.store.spark_engine import local_spark
 
     # no skip: a machine without Java 17+ fails here with local_spark's message
     # Tuned for a few tiny queries: compiling code for ~250 aggregates costs more than it saves,
@@ -167,7 +167,7 @@ def spark():
 
 @pytest.fixture(scope="module")
 def engines(store, spark, fs):
-    from features.spark_engine import SparkEngine, load_events
+    from features.store.spark_engine import SparkEngine, load_events
 
     root, _ = store
     con = duckdb.connect()

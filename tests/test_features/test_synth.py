@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.config import DataConfig
-from features.contract import EVENT_SCHEMA, KEY_PATTERN
+from features.ingest.contract import EVENT_SCHEMA, KEY_PATTERN
 from features.synthetic.campaigns import ACTIONS
 from features.synthetic.params import WorldParams
 from features.synthetic.purchases import true_purchase_probability

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.config import DataConfig
-from features.contract import EVENT_COLUMNS, EVENT_SCHEMA, DataDir
-from features.validation import (
+from features.ingest.contract import EVENT_COLUMNS, EVENT_SCHEMA, DataDir
+from features.ingest.validation import (
     EVENT_REASONS,
     validate_customers,
     validate_events,

@@ -6,11 +6,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest, open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from features.synthetic.world import generate_world
 from training.config import TrainingConfig
 from training.datasets import data_end
@@ -44,7 +44,7 @@ def trained_world(tmp_path_factory) -> TrainedWorld:
 @pytest.fixture(scope="session")
 def online_world(trained_world) -> TrainedWorld:
     """The trained world with its online store materialised as of the end of its history."""
-    from features.online_store import OnlineStore
+    from features.store.online_store import OnlineStore
 
     fs = FeatureSet(DataConfig(), FeatureConfig())
     with OnlineStore(trained_world.data_dir.online_store, fs) as store:

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 from service_process import ServiceProcess, assert_same_features, random_events
 
-from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID, DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
-from features.online_store import OnlineStore
+from features.ingest.contract import CUSTOMER_ID, DataDir
+from features.ingest.event_store import ingest, open_store
+from features.store.batch import AS_OF, BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import OnlineStore
 
 FS = FeatureSet(DataConfig(), FeatureConfig())
 KINDS = [("store", "purchase"), ("web", "visit"), ("email", "open"), ("email", "sent")]

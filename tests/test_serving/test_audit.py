@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from features.config import DataConfig
-from features.contract import EVENT_SCHEMA, DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
-from features.streaming import StreamingUpdater
+from features.ingest.contract import EVENT_SCHEMA, DataDir
+from features.ingest.event_store import ingest, open_store
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.streaming import StreamingUpdater
 from serving.audit import (
     COOLDOWN_RULE,
     QUIET_RULE,

@@ -23,8 +23,8 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from features.config import DataConfig
-from features.contract import EVENT_SCHEMA, DataDir
-from features.event_store import ingest, open_store
+from features.ingest.contract import EVENT_SCHEMA, DataDir
+from features.ingest.event_store import ingest, open_store
 from serving.assignment import solve_lp
 from serving.campaign import parse_campaign
 from serving.campaign_job import ASSIGNMENTS, SUMMARY, run_campaign, summary

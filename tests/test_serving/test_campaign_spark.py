@@ -61,7 +61,7 @@ def _java() -> None:
 @pytest.fixture(scope="module")
 def spark():
     _java()
-    from features.spark_engine import local_spark
+    from features.store.spark_engine import local_spark
 
     session = local_spark("nba-campaign-test", shuffle_partitions=3)
     yield session

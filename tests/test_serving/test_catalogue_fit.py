@@ -3,8 +3,8 @@
 import pytest
 
 from features.config import ChannelConfig, DataConfig, IdentityConfig
-from features.definitions import FeatureConfig, FeatureSet
 from features.errors import UserError
+from features.store.definitions import FeatureConfig, FeatureSet
 from serving.catalogue import load_catalogue
 
 

@@ -6,8 +6,8 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.event_store import ingest, open_store
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest, open_store
 from serving.cli import app
 from serving.config import Exploration, PolicyConfig
 from serving.decision_log import write_decision_log

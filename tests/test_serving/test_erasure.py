@@ -24,11 +24,11 @@ import pytest
 from service_process import NBA, new_id, now_iso, start_service
 
 from features.config import DataConfig
-from features.contract import EVENT_COLUMNS, DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
-from features.online_store import OnlineStore
-from features.privacy import SECRET_VARIABLE, Pseudonymiser
+from features.ingest.contract import EVENT_COLUMNS, DataDir
+from features.ingest.event_store import ingest, open_store
+from features.ingest.privacy import SECRET_VARIABLE, Pseudonymiser
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import OnlineStore
 
 pytestmark = pytest.mark.integration
 SECRET = "erasure-test-secret-0123456789abcdef"

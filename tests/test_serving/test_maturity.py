@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from real_like import BANK_CONFIG, outbound_calls, run_nba
 
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.contract import DataDir
-from features.definitions import FeatureConfig
-from features.event_store import open_store
+from features.ingest.contract import DataDir
+from features.ingest.event_store import open_store
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig
 from serving import maturity as M
 from serving.catalogue import load_catalogue
 from serving.config import MaturityConfig, PolicyConfig

@@ -15,9 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.online_store import OnlineStore, definitions_fingerprint
+from features.ingest.contract import DataDir
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import OnlineStore, definitions_fingerprint
 from serving.runtime import ServingRuntime, StartupError
 from training import registry
 from training.bundle import BundlePyfunc, ModelBundle, pip_requirements
@@ -169,7 +169,7 @@ def test_train_refuses_to_promote_onto_a_store_of_other_definitions(tmp_path):
     """The whole path, on a small world (about two minutes, so `slow`): train over a store
     materialised with other definitions registers a challenger only; after re-materialising
     with the training's definitions, the next run is champion."""
-    from features.event_store import ingest, open_store
+    from features.ingest.event_store import ingest, open_store
     from features.synthetic.world import generate_world
     from training.config import TrainingConfig
     from training.datasets import data_end

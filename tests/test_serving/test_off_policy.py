@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.contract import ACTION_ID, CUSTOMER_ID, EVENT_ID, TS
+from features.ingest.contract import ACTION_ID, CUSTOMER_ID, EVENT_ID, TS
 from serving import off_policy as ope
 from serving.catalogue import Action, Catalogue
 from serving.cli import app

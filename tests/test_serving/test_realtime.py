@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.batch import AS_OF
 from features.config import DataConfig
-from features.contract import CUSTOMER_ID
-from features.definitions import FeatureConfig, FeatureSet
-from features.online_store import OnlineStore
+from features.ingest.contract import CUSTOMER_ID
+from features.store.batch import AS_OF
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import OnlineStore
 from serving.config import PolicyConfig
 from serving.policy import DecisionPolicy
 from serving.realtime import FeatureListMismatch, RealtimeDecider

@@ -26,12 +26,12 @@ from service_process import (
     start_service,
 )
 
-from features.batch import AS_OF, BatchEngine
 from features.config import DataConfig, OnlineStoreConfig
-from features.contract import CUSTOMER_ID, DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import ingest, open_store
-from features.redis_online_store import RedisOnlineStore
+from features.ingest.contract import CUSTOMER_ID, DataDir
+from features.ingest.event_store import ingest, open_store
+from features.store.batch import AS_OF, BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.redis_online_store import RedisOnlineStore
 from serving.config import PolicyConfig
 
 pytestmark = pytest.mark.integration

@@ -19,10 +19,10 @@ from service_process import (
 )
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.definitions import FeatureConfig, FeatureSet
-from features.event_store import open_store
-from features.online_store import OnlineStore
+from features.ingest.contract import DataDir
+from features.ingest.event_store import open_store
+from features.store.definitions import FeatureConfig, FeatureSet
+from features.store.online_store import OnlineStore
 
 pytestmark = pytest.mark.integration
 FS = FeatureSet(DataConfig(), FeatureConfig())

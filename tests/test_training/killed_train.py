@@ -111,10 +111,10 @@ def check_aliases(data: Path) -> dict[str, str]:
 def predictions(data: Path, version: str) -> pd.DataFrame:
     """Version `version`'s predictions for every customer as of the end of the history, each
     with an e-mail discount (response, purchase, value and uplift models all called)."""
-    from features.batch import BatchEngine
     from features.config import DataConfig
-    from features.definitions import FeatureConfig, FeatureSet
-    from features.event_store import open_store
+    from features.ingest.event_store import open_store
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureConfig, FeatureSet
     from training import registry
     from training.datasets import data_end
     from training.model_safety import load_verified

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.batch import BatchEngine
 from features.config import DataConfig
-from features.definitions import FeatureConfig, FeatureSet
+from features.store.batch import BatchEngine
+from features.store.definitions import FeatureConfig, FeatureSet
 from training.config import LabelConfig
 from training.datasets import (
     contact_training_set,

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.definitions import FeatureConfig
-from features.event_store import ingest, open_store
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest, open_store
+from features.store.definitions import FeatureConfig
 from features.synthetic.world import generate_world
 from training import registry
 from training.config import TrainingConfig
@@ -154,8 +154,8 @@ def test_uplift_ranks_persuadables_above_sleeping_dogs(trained, world):
     """The R-learner gives persuadables a higher mean uplift than sleeping dogs (3,000 customers)."""
     result, con = trained
     truth = pd.read_parquet(world.truth / "customers")
-    from features.batch import BatchEngine
-    from features.definitions import FeatureSet
+    from features.store.batch import BatchEngine
+    from features.store.definitions import FeatureSet
     from training.datasets import data_end
     from training.oracle import load_truth
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from real_like import one_line_error, purchase_log, run_nba
 
-from features.contract import DataDir
-from features.event_store import open_store
+from features.ingest.contract import DataDir
+from features.ingest.event_store import open_store
 from training.config import LabelConfig
 from training.datasets import MIN_SNAPSHOTS, longest_horizon_days, snapshot_times
 

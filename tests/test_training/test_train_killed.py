@@ -17,8 +17,8 @@ from killed_train import (
 )
 
 from features.config import DataConfig
-from features.contract import DataDir
-from features.event_store import ingest
+from features.ingest.contract import DataDir
+from features.ingest.event_store import ingest
 from features.synthetic.world import generate_world
 from training import registry
 

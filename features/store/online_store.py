@@ -3,7 +3,7 @@
 Two backends behind one interface (`OnlineStoreBase`), chosen by the `online_store` section of
 the configuration (`open_online_store`): `OnlineStore`, one SQLite file for the processes of one
 machine (the embedded default, described here), and `RedisOnlineStore`
-(`features/redis_online_store.py`), one Redis shared by every replica of the service. Both give
+(`features/store/redis_online_store.py`), one Redis shared by every replica of the service. Both give
 the same features, identities, idempotency and all-or-nothing batches; the parity and restart
 tests run against both.
 
@@ -27,7 +27,7 @@ store keeps `as_of` as a watermark and rejects every event with ts < watermark a
 a materialisation, replay the stream from `as_of` on: events with ts >= as_of are applied once.
 
 Identity online: a known `customer_key` (else `link_key`) finds its customer; an unknown
-identifier becomes a new customer whose id follows `features.identity`'s rule ("c_" + 16 hex
+identifier becomes a new customer whose id follows `features.ingest.identity`'s rule ("c_" + 16 hex
 digits of md5 of the component's smallest identifier), and a `link_key` of a known customer adds
 the new identifier to that customer. Links between two already known, different customers are
 counted (`ApplyReport.unmerged_links`) but not merged: merging, cutting a shared identifier and
@@ -59,9 +59,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.batch import AS_OF, DUCKDB, base_aggregates_sql, to_us
 from features.config import OnlineStoreConfig
-from features.contract import (
+from features.ingest.contract import (
     ACTION_ID,
     AMOUNT,
     CATEGORY,
@@ -81,12 +80,10 @@ from features.contract import (
     TS,
     DataDir,
 )
-from features.definitions import FeatureSet, profile_columns
-from features.identity import customer_id_of
-from features.streaming import CustomerState, StreamingUpdater
+from features.ingest.identity import customer_id_of
 
 # rejection reasons: the validation step's names where the check is the same, in its order
-from features.validation import (  # noqa: E402
+from features.ingest.validation import (  # noqa: E402
     ANCIENT_TIMESTAMP,
     DUPLICATE,
     EMPTY_CUSTOMER_KEY,
@@ -103,6 +100,9 @@ from features.validation import (  # noqa: E402
     UNKNOWN_EVENT_TYPE,
     UNPARSEABLE_TIMESTAMP,
 )
+from features.store.batch import AS_OF, DUCKDB, base_aggregates_sql, to_us
+from features.store.definitions import FeatureSet, profile_columns
+from features.store.streaming import CustomerState, StreamingUpdater
 
 APPLY_REASONS = [
     MISSING_EVENT_ID,
@@ -465,7 +465,7 @@ class OnlineStoreBase(ABC):
     `read` / `read_many` return the same features as `BatchEngine.snapshot` at the same time
     (the parity test checks it, on every backend). The backends share validation, identity
     online, the streaming update and materialisation's SQL; each stores the result its way
-    (`OnlineStore`: SQLite, `features.redis_online_store.RedisOnlineStore`: Redis).
+    (`OnlineStore`: SQLite, `features.store.redis_online_store.RedisOnlineStore`: Redis).
     """
 
     backend: ClassVar[str]
@@ -1508,7 +1508,7 @@ def open_online_store(
     Redis at `config.url` (NBA_REDIS_URL overrides it) under `config.namespace`."""
     config = config or OnlineStoreConfig()
     if config.backend == "redis":
-        from features.redis_online_store import RedisOnlineStore
+        from features.store.redis_online_store import RedisOnlineStore
 
         return RedisOnlineStore(config, fs, reset=reset)
     return OnlineStore(data_dir.online_store, fs, reset=reset, synchronous=synchronous)
@@ -1519,7 +1519,7 @@ def online_store_exists(data_dir: DataDir, config: OnlineStoreConfig | None = No
     what a service needs before it can start."""
     config = config or OnlineStoreConfig()
     if config.backend == "redis":
-        from features.redis_online_store import redis_store_exists
+        from features.store.redis_online_store import redis_store_exists
 
         return redis_store_exists(config)
     return data_dir.online_store.is_file()
@@ -1529,7 +1529,7 @@ def online_store_location(data_dir: DataDir, config: OnlineStoreConfig | None = 
     """Where the configured online store lives, for messages."""
     config = config or OnlineStoreConfig()
     if config.backend == "redis":
-        from features.redis_online_store import redis_location
+        from features.store.redis_online_store import redis_location
 
         return redis_location(config)
     return str(data_dir.online_store)
@@ -1546,7 +1546,7 @@ def export_event_log(
 
     config = config or OnlineStoreConfig()
     if config.backend == "redis":
-        from features.redis_online_store import redis_logged_events
+        from features.store.redis_online_store import redis_logged_events
 
         events = redis_logged_events(config)
     else:

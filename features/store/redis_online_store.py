@@ -42,8 +42,8 @@ import pandas as pd
 import redis
 
 from features.config import OnlineStoreConfig
-from features.definitions import FeatureSet
-from features.online_store import (
+from features.store.definitions import FeatureSet
+from features.store.online_store import (
     SCHEMA_VERSION,
     DefinitionMismatch,
     OnlineStoreBase,
@@ -55,7 +55,7 @@ from features.online_store import (
     log_frame,
     state_version,
 )
-from features.streaming import CustomerState
+from features.store.streaming import CustomerState
 
 URL_VARIABLE = "NBA_REDIS_URL"
 MAX_ATTEMPTS = 100  # optimistic retries of one batch under contention before giving up

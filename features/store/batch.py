@@ -7,7 +7,7 @@ time t uses only events with ts < t. Two shapes of query:
 * query points: arbitrary (customer_id, as_of) rows, e.g. one per outbound contact, joined to the
   customer's earlier events (the cost is the customer's events times their query points).
 
-On the embedded engine a snapshot does not run the SQL: `features.scan_aggregates` computes the
+On the embedded engine a snapshot does not run the SQL: `features.store.scan_aggregates` computes the
 same base aggregates from one projection scan reduced by a compiled loop, a customer range at a
 time (many times faster, and memory bounded by a range plus the result); the event store's
 file is read by pyarrow row group by row group, any other relation scanned by DuckDB. A test
@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
-from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
-from features.event_store import StoreFile
-from features.scan_aggregates import Partition, ScanPlan, scan_partitions
+from features.ingest.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
+from features.ingest.event_store import StoreFile
+from features.store.definitions import US_PER_DAY, BaseAggregate, FeatureSet, profile_columns
+from features.store.scan_aggregates import Partition, ScanPlan, scan_partitions
 
 AS_OF_US = "as_of_us"
 QUERY_ID = "query_id"

@@ -30,7 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from features.config import DataConfig, IdentityConfig
-from features.contract import CUSTOMER_ID, CUSTOMER_KEY, KEY_SEPARATOR, LINK_KEY
+from features.ingest.contract import CUSTOMER_ID, CUSTOMER_KEY, KEY_SEPARATOR, LINK_KEY
 
 IDENTIFIER = "identifier"
 IDENTIFIER_TYPE = "identifier_type"

@@ -17,8 +17,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from features.contract import KEY_SEPARATOR
 from features.errors import UserError
+from features.ingest.contract import KEY_SEPARATOR
 
 SECRET_VARIABLE = "NBA_PII_SECRET"
 MIN_SECRET_LENGTH = 16

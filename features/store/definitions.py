@@ -159,7 +159,7 @@ class FeatureSet:
 
 def profile_columns(customers: pd.DataFrame, wanted: list[str] | None) -> pd.DataFrame:
     """The customers table's profile columns indexed by customer_id (first row per customer)."""
-    from features.contract import CUSTOMER_ID, CUSTOMER_KEY
+    from features.ingest.contract import CUSTOMER_ID, CUSTOMER_KEY
 
     if CUSTOMER_ID not in customers.columns:
         raise ValueError("customers table: expected a customer_id column (run `nba ingest` first)")

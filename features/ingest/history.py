@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from features.config import DataConfig
-from features.contract import (
+from features.ingest.contract import (
     ACTION_ID,
     AMOUNT,
     CATEGORY,
@@ -24,8 +24,8 @@ from features.contract import (
     TS,
     DataDir,
 )
-from features.event_store import CUSTOMER_INDEX, STORE_FILES, open_store
-from features.online_store import OnlineStoreBase
+from features.ingest.event_store import CUSTOMER_INDEX, STORE_FILES, open_store
+from features.store.online_store import OnlineStoreBase
 
 COLUMNS = [EVENT_ID, TS, CHANNEL, EVENT_TYPE, ACTION_ID, AMOUNT, CATEGORY]
 

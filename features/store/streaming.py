@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.definitions import FeatureSet
+from features.store.definitions import FeatureSet
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 86_400_000_000

@@ -1,7 +1,7 @@
 """Snapshot base aggregates in one columnar scan: the rows are read as a few narrow columns and
 a compiled loop reduces them.
 
-`features.batch.base_aggregates_sql` states every base aggregate as SQL (the definition Spark
+`features.store.batch.base_aggregates_sql` states every base aggregate as SQL (the definition Spark
 runs, and DuckDB for query points). For a snapshot, a hash aggregate per (customer, channel,
 event type) followed by a ~200-column pivot costs DuckDB about twenty times a plain GROUP BY,
 and a numpy reduction (a bincount per row value and filter class) about ten. This module
@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.contract import (
+from features.ingest.contract import (
     AMOUNT,
     CATEGORY,
     CHANNEL,
@@ -58,8 +58,8 @@ from features.contract import (
     EVENT_VOCABULARY,
     TS,
 )
-from features.definitions import US_PER_DAY, BaseAggregate, FeatureSet
-from features.event_store import StoreFile
+from features.ingest.event_store import StoreFile
+from features.store.definitions import US_PER_DAY, BaseAggregate, FeatureSet
 
 _CUSTOMERS_SAMPLED = 20_000
 _STORE_COLUMNS = [CUSTOMER_NO, TS, *CODED_COLUMNS.values(), AMOUNT]

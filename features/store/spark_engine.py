@@ -1,6 +1,6 @@
 """Spark engine: the batch engine's feature tables on Spark, from the same SQL and definitions.
 
-`features.batch.base_aggregates_sql` generates the point-in-time base aggregates for DuckDB or
+`features.store.batch.base_aggregates_sql` generates the point-in-time base aggregates for DuckDB or
 Spark SQL from `FeatureSet.base`; this module runs the Spark flavour through `spark.sql` on a
 registered temporary view and derives the features with the shared `FeatureSet.derive_frame`,
 so the numbers are the DuckDB engine's (a parity test proves it).
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.batch import (
+from features.ingest.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
+from features.store.batch import (
     AS_OF,
     AS_OF_US,
     QUERY_ID,
@@ -40,8 +41,7 @@ from features.batch import (
     base_aggregates_sql,
     to_us,
 )
-from features.contract import AMOUNT, CATEGORY, CHANNEL, CUSTOMER_ID, EVENT_TYPE, TS
-from features.definitions import FeatureSet
+from features.store.definitions import FeatureSet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from features.contract import CUSTOMER_KEY, EVENT_TYPE, LINK_KEY, TS, DataDir
+from features.ingest.contract import CUSTOMER_KEY, EVENT_TYPE, LINK_KEY, TS, DataDir
 
 ERASED = "erased"
 ERASURE_DIR = "erasure"

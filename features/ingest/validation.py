@@ -22,7 +22,8 @@ from pathlib import Path
 import duckdb
 
 from features.config import DataConfig
-from features.contract import (
+from features.errors import UserError
+from features.ingest.contract import (
     ACTION_ID,
     AMOUNT,
     CATEGORY,
@@ -43,9 +44,8 @@ from features.contract import (
     TS,
     DataDir,
 )
-from features.errors import UserError
-from features.privacy import Pseudonymiser, missing_secret_message
-from features.tombstones import ERASED, Tombstones
+from features.ingest.privacy import Pseudonymiser, missing_secret_message
+from features.ingest.tombstones import ERASED, Tombstones
 
 # rejection reasons, in priority order: a row's `reason` is the first that applies
 MISSING_EVENT_ID = "missing_event_id"
@@ -79,7 +79,7 @@ EVENT_REASONS = [
     NEGATIVE_AMOUNT,
     NON_NUMERIC_PROPENSITY,
     PROPENSITY_OUT_OF_RANGE,
-    ERASED,  # an erased person's identifier, without a new consent (features/tombstones.py)
+    ERASED,  # an erased person's identifier, without a new consent (features/ingest/tombstones.py)
     DUPLICATE,
 ]
 CUSTOMER_REASONS = [EMPTY_CUSTOMER_KEY, MALFORMED_CUSTOMER_KEY, DUPLICATE]
@@ -493,7 +493,7 @@ def validate_events(
     """Validate the events files; leave views `accepted_events` and `rejected_events` on `con`.
 
     `now` (default: the current UTC time; a naive value is UTC) bounds `future_timestamp`.
-    Clear personal identifiers are hashed with NBA_PII_SECRET (features/privacy.py; without
+    Clear personal identifiers are hashed with NBA_PII_SECRET (features/ingest/privacy.py; without
     it they are an error); an erased identifier's events are `erased` (`tombstones`).
     Sets the session TimeZone to UTC. Raises ValueError naming the file and column when a
     required column is missing.

@@ -41,7 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.config import DataConfig, OnlineStoreConfig
-from features.contract import (
+from features.errors import UserError
+from features.ingest.contract import (
     CODED_COLUMNS,
     CUSTOMER_ID,
     CUSTOMER_INDEX,
@@ -56,16 +57,15 @@ from features.contract import (
     TS,
     DataDir,
 )
-from features.errors import UserError
-from features.identity import (
+from features.ingest.identity import (
     IDENTIFIER,
     IDENTIFIER_TYPE,
     IdentitySummary,
     customer_id_sql,
     resolve_identities,
 )
-from features.tombstones import Tombstones
-from features.validation import (
+from features.ingest.tombstones import Tombstones
+from features.ingest.validation import (
     CUSTOMER_KEY_CHECKED,
     FILE_ORDER,
     REASON,
@@ -258,7 +258,7 @@ def ingest(
     dd = _data_dir(data_dir)
     t0 = time.perf_counter()
     step = _Progress(progress)
-    from features.online_store import (  # it imports the batch engine, which imports this
+    from features.store.online_store import (  # it imports the batch engine, which imports this
         export_event_log,
         online_store_location,
     )
