@@ -7,9 +7,9 @@ time t uses only events with ts < t. Two shapes of query:
 * query points: arbitrary (customer_id, as_of) rows, e.g. one per outbound contact, joined to the
   customer's earlier events (the cost is the customer's events times their query points).
 
-On the embedded engine a snapshot does not run the SQL: `features.store.scan_aggregates` computes the
-same base aggregates from one projection scan reduced by a compiled loop, a customer range at a
-time (many times faster, and memory bounded by a range plus the result); the event store's
+On the embedded engine a snapshot does not run the SQL: `features.store.scan_aggregates` computes
+the same base aggregates from one projection scan reduced by a compiled loop, a customer range at
+a time (many times faster, and memory bounded by a range plus the result); the event store's
 file is read by pyarrow row group by row group, any other relation scanned by DuckDB. A test
 holds both to the SQL's numbers.
 """

@@ -3,9 +3,9 @@
 Two backends behind one interface (`OnlineStoreBase`), chosen by the `online_store` section of
 the configuration (`open_online_store`): `OnlineStore`, one SQLite file for the processes of one
 machine (the embedded default, described here), and `RedisOnlineStore`
-(`features/store/redis_online_store.py`), one Redis shared by every replica of the service. Both give
-the same features, identities, idempotency and all-or-nothing batches; the parity and restart
-tests run against both.
+(`features/store/redis_online_store.py`), one Redis shared by every replica of the service. Both
+give the same features, identities, idempotency and all-or-nothing batches; the parity and
+restart tests run against both.
 
 One SQLite file in WAL mode holds, per customer, the base aggregates of `FeatureSet.base` valued
 as of the customer's last applied event (a float64 BLOB) and the short window buffer of the

@@ -66,7 +66,7 @@ def campaign_schedule(seed: int, days: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Campaigns:
-    """A chunk's campaign waves over the history (methods of `world._Chunk`, which holds the state)."""
+    """A chunk's campaign waves (methods of `world._Chunk`, which holds the state)."""
 
     def _advance(self, now: float, revoke_until: float) -> None:
         """Apply every state change that happened up to `now` (the start of a wave)."""

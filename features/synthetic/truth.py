@@ -31,7 +31,7 @@ from features.synthetic.vocabulary import (
 
 
 class Truth:
-    """A chunk's truth at a contact and the truth tables (methods of `world._Chunk`, which holds the state)."""
+    """A chunk's truth and its truth tables (methods of `world._Chunk`, which holds the state)."""
 
     def _truth_at(
         self, action: Action, person: np.ndarray, t: np.ndarray, fatigue: np.ndarray
