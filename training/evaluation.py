@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+from sklearn.metrics import mean_absolute_error, r2_score, roc_auc_score, root_mean_squared_error
 
 from features.ingest.contract import CHANNEL, CUSTOMER_ID
 from training import plots
@@ -164,13 +164,17 @@ def evaluate_uplift(
         scorers["oracle"] = contact_oracle(truth, test["event_id"])["uplift"].to_numpy()
     metrics = {k: uplift_metrics(y, t, v) for k, v in scorers.items()}
     if truth is not None:
+        # every scorer beside the truth: how it ranks the true effect, and each type's mean
         true_uplift = scorers["oracle"]
-        metrics["model"]["corr_with_true_uplift"] = float(
-            pd.Series(scorers["model"]).corr(pd.Series(true_uplift), method="spearman")
-        )
+        types = _uplift_types(truth, test)
+        for name, score in scorers.items():
+            metrics[name]["corr_with_true_uplift"] = float(
+                pd.Series(score).corr(pd.Series(true_uplift), method="spearman")
+            )
+            if types is not None:
+                metrics[name].update(_uplift_by_type(types, score))
         metrics["model"]["mean_predicted_uplift"] = float(np.mean(scorers["model"]))
         metrics["oracle"]["mean_true_uplift"] = float(np.nanmean(true_uplift))
-        metrics["model"].update(_uplift_by_type(truth, test, scorers["model"]))
     figures = {}
     if with_figures:
         figures["uplift_qini.png"] = plots.qini_figure(
@@ -179,14 +183,28 @@ def evaluate_uplift(
     return FamilyReport("uplift", metrics, figures)
 
 
-def _uplift_by_type(truth: Truth, test: pd.DataFrame, uplift: np.ndarray) -> dict[str, float]:
-    """Mean predicted uplift of each true uplift type (persuadables should top sleeping dogs)."""
+def _uplift_types(truth: Truth, test: pd.DataFrame) -> np.ndarray | None:
+    """Each test contact's true uplift type (persuadable, sure thing, ...), if the world has them."""
     if "uplift_type" not in truth.customers.columns:
-        return {}
+        return None
     persons = truth.person_of_customer.reindex(test[CUSTOMER_ID].to_numpy()).to_numpy()
-    types = truth.customers["uplift_type"].reindex(persons).to_numpy()
-    means = pd.Series(uplift).groupby(types).mean()
-    return {f"mean_uplift_{kind}": float(v) for kind, v in means.items()}
+    return truth.customers["uplift_type"].reindex(persons).to_numpy()
+
+
+def _uplift_by_type(types: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """A score's mean over each true uplift type (for the model its predicted uplift, for the
+    oracle the true one), and how it ranks persuadables above sleeping dogs (an AUC: 0.5 is no
+    better than chance)."""
+    frame = pd.DataFrame({"type": types, "score": score}).dropna()
+    out = {
+        f"mean_uplift_{kind}": float(v) for kind, v in frame.groupby("type")["score"].mean().items()
+    }
+    pair = frame[frame["type"].isin(["persuadable", "sleeping_dog"])]
+    if pair["type"].nunique() == 2:
+        out["auc_persuadable_over_sleeping_dog"] = float(
+            roc_auc_score(pair["type"] == "persuadable", pair["score"])
+        )
+    return out
 
 
 def evaluate_purchase(

@@ -31,18 +31,25 @@ def load_truth(data_dir: DataDir, con: duckdb.DuckDBPyConnection) -> Truth | Non
         f"FROM read_parquet('{root / 'contacts'}/*.parquet')"
     ).df()
     customers = con.sql(f"SELECT * FROM read_parquet('{root / 'customers'}/*.parquet')").df()
-    # each resolved customer is the person most of its identifiers belong to
-    person = con.sql(
-        f"""SELECT i.customer_id, mode(t.person_id) AS person_id
-            FROM identity i JOIN read_parquet('{root / "identity"}/*.parquet') t
-              ON t.identifier = i.identifier
-            GROUP BY i.customer_id"""
-    ).df()
+    person = persons_of_customers(con, data_dir)
     return Truth(
         contacts=contacts.set_index(EVENT_ID),
         customers=customers.set_index("person_id"),
         person_of_customer=person.set_index(CUSTOMER_ID)["person_id"],
     )
+
+
+def persons_of_customers(con: duckdb.DuckDBPyConnection, data_dir: DataDir) -> pd.DataFrame:
+    """customer_id -> person_id: the person most of the customer's identifiers belong to, a tie
+    going to the smallest person_id (DuckDB's mode() breaks ties differently from run to run)."""
+    return con.sql(
+        f"""SELECT i.{CUSTOMER_ID}, t.person_id
+            FROM identity i JOIN read_parquet('{data_dir.truth / "identity"}/*.parquet') t
+              ON t.identifier = i.identifier
+            GROUP BY i.{CUSTOMER_ID}, t.person_id
+            QUALIFY row_number() OVER (PARTITION BY i.{CUSTOMER_ID}
+                                       ORDER BY count(*) DESC, t.person_id) = 1"""
+    ).df()
 
 
 def contact_oracle(truth: Truth, event_ids: pd.Series) -> pd.DataFrame:

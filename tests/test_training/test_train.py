@@ -168,8 +168,18 @@ def test_uplift_ranks_persuadables_above_sleeping_dogs(trained, world):
     mean_p = uplift[types == "persuadable"].mean()
     mean_d = uplift[types == "sleeping_dog"].mean()
     assert mean_p > mean_d
-    reported = result.reports["uplift"].metrics["model"]
-    assert {"mean_uplift_persuadable", "mean_uplift_sleeping_dog"} <= set(reported)
+    metrics = result.reports["uplift"].metrics
+    by_type = {"mean_uplift_persuadable", "mean_uplift_sleeping_dog"}
+    ranking = {"corr_with_true_uplift", "auc_persuadable_over_sleeping_dog", "qini", "auuc"}
+    for scorer in ("model", "response_model", "oracle"):
+        assert by_type | ranking <= set(metrics[scorer]), scorer
+    # the oracle's per-type means are the true effects: persuadables gain, sleeping dogs lose
+    assert (
+        metrics["oracle"]["mean_uplift_persuadable"]
+        > 0
+        > metrics["oracle"]["mean_uplift_sleeping_dog"]
+    )
+    assert metrics["oracle"]["auc_persuadable_over_sleeping_dog"] > 0.95
 
 
 def test_training_on_data_without_contacts_trains_what_it_can(tmp_path, world):
