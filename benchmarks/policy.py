@@ -53,28 +53,22 @@ from training import registry
 from training.config import TrainingConfig
 from training.datasets import data_end
 from training.encoding import FrameArrays, FrameEncoder
+from training.oracle import persons_of_customers
 from training.train import train
 
 LATENCY_CUSTOMERS = 200
 
 
-def primary_fragments(con, truth_dir: Path) -> pd.DataFrame:
+def primary_fragments(con, data_dir: DataDir) -> pd.DataFrame:
     """customer_id -> person_id for each person's best-known fragment (most events)."""
-    return con.sql(
-        f"""
-        WITH person AS (
-            SELECT i.customer_id, mode(t.person_id) AS person_id
-            FROM identity i JOIN read_parquet('{truth_dir / "identity"}/*.parquet') t
-              ON t.identifier = i.identifier
-            GROUP BY i.customer_id
-        ),
-        n AS (SELECT customer_id, count(*) AS events FROM events GROUP BY customer_id)
-        SELECT p.customer_id, p.person_id
-        FROM person p JOIN n USING (customer_id)
-        QUALIFY row_number() OVER (PARTITION BY p.person_id ORDER BY n.events DESC,
-                                   p.customer_id) = 1
-        """
+    events = con.sql(
+        f"SELECT {CUSTOMER_ID}, count(*) AS events FROM events GROUP BY {CUSTOMER_ID}"
     ).df()
+    fragments = persons_of_customers(con, data_dir).merge(events, on=CUSTOMER_ID)
+    fragments = fragments.sort_values(
+        ["person_id", "events", CUSTOMER_ID], ascending=[True, False, True]
+    ).drop_duplicates("person_id")
+    return fragments[[CUSTOMER_ID, "person_id"]].reset_index(drop=True)
 
 
 def true_matrices(
@@ -140,7 +134,7 @@ def value_of(choice: np.ndarray, profit: np.ndarray) -> float:
 def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str, float]:
     """Prints the policy table of one world; returns each policy's share of the oracle."""
     truth_dir = data_dir.truth
-    people = primary_fragments(con, truth_dir)
+    people = primary_fragments(con, data_dir)
     end = data_end(con)
     feats = engine.snapshot(end)
     feats = feats.merge(people, on=CUSTOMER_ID).reset_index(drop=True)
@@ -211,6 +205,58 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
     print(f"  share of persons with an allowed action: {allowed.any(axis=1).mean():.1%}")
     print(f"  (NOTHING = {NOTHING}; every policy obeys the same rules)")
     where_uplift_loses(ours.scored, allowed, profit, true_uplift, true_value, a_value)
+    shares.update(every_customer_valuation(data_dir, con, engine))
+    return shares
+
+
+def every_customer_valuation(data_dir: DataDir, con, engine: BatchEngine) -> dict[str, float]:
+    """The decisions `nba decide` makes for every customer (every fragment, not one per person),
+    each valued with its person's truth for the chosen action, margin x true incremental x true
+    order value - cost, every contacted customer paying its cost; the oracle is each customer's
+    best allowed action or nothing. Independent of (a)-(f): no choice of fragment per person."""
+    people = persons_of_customers(con, data_dir)
+    feats = engine.snapshot(data_end(con)).merge(people, on=CUSTOMER_ID).reset_index(drop=True)
+    uplift_policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
+    response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
+    true_uplift, _, true_value = true_matrices(
+        data_dir.truth, feats["person_id"].to_numpy(), uplift_policy, con
+    )
+    margin = np.array([a.margin for a in uplift_policy.catalogue.actions])
+    cost = np.array([a.cost for a in uplift_policy.catalogue.actions])
+    profit = margin * true_uplift * true_value - cost
+    ours = uplift_policy.decide(feats, reasons=False)
+    resp = response_policy.decide(feats, reasons=False)
+    allowed = ours.eligibility.allowed
+    index = {a: j for j, a in enumerate(uplift_policy.catalogue.ids)}
+
+    def chosen(table: pd.DataFrame) -> np.ndarray:
+        return table["action_id"].map(index).fillna(-1).astype(int).to_numpy()
+
+    oracle = best_or_nothing(np.where(allowed, profit, -np.inf))
+    blanket = [np.where(allowed[:, j], j, -1) for j in range(allowed.shape[1])]
+    best_single = int(np.argmax([value_of(c, profit) for c in blanket]))
+    a_value = value_of(oracle, profit)
+    rows = [
+        ("[a] oracle", oracle),
+        ("[b] uplift policy (ours)", chosen(ours.table)),
+        ("[c] response-ranked policy", chosen(resp.table)),
+        (
+            f"[d] best single action: {uplift_policy.catalogue.ids[best_single]}",
+            blanket[best_single],
+        ),
+        ("[f] do nothing", np.full(len(feats), -1)),
+    ]
+    print(
+        f"\nevery customer valued by its person's truth: {len(feats):,} customers "
+        f"({feats['person_id'].nunique():,} persons)"
+    )
+    print(f"  {'policy':44s} {'profit/cust.':>14s} {'of oracle':>10s} {'contacted':>10s}")
+    shares = {}
+    for name, choice in rows:
+        v = value_of(choice, profit)
+        share = v / a_value if a_value else float("nan")
+        print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
+        shares[name.split(":")[0]] = share
     return shares
 
 
@@ -373,6 +419,11 @@ def main() -> None:
             table,
             "(b) uplift policy (ours)",
             ["(c) response-ranked policy", "(d) best single action"],
+        )
+        paired_differences(
+            table,
+            "[b] uplift policy (ours)",
+            ["[c] response-ranked policy", "[d] best single action"],
         )
     if args.throughput_customers:
         throughput(data_dir, engine, con, args.throughput_customers, args.seed)

@@ -114,7 +114,13 @@ params = LGBMParams(
     colsample_bytree=1.0,
     n_jobs=1,
 )
-MEDIUM = dict(num_leaves=7, min_child_samples=2000, learning_rate=0.03, early_stopping_rounds=30)
+MEDIUM = dict(
+    num_leaves=7,
+    min_child_samples=2000,
+    learning_rate=0.03,
+    early_stopping_rounds=30,
+    other_surfaces=[],
+)
 UPLIFT_GRID = {
     "medium": UpliftParams(**MEDIUM, n_estimators=300),
     "coarse": UpliftParams(

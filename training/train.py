@@ -350,9 +350,12 @@ def _log_family_run(
         if family == "uplift":
             mlflow.log_params(
                 {f"uplift_{k}": v for k, v in cfg.models.uplift.model_dump().items()}
-                | {"effect_shape": model.effect_shape_}
+                | {"effect_shape": model.effect_shape_, "effect_surface": model.effect_surface_}
             )
             mlflow.log_metrics({f"r_loss_{k}": v for k, v in model.shape_losses_.items()})
+            mlflow.log_metrics(
+                {f"later_r_loss_surface_{k}": v for k, v in model.surface_losses_.items()}
+            )
             unfeatured = td.unfeatured_contacts
             mlflow.log_param("unfeatured_contacts", 0 if unfeatured is None else len(unfeatured))
             if getattr(model, "level_refinement_", None) is not None:
