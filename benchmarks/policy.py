@@ -131,6 +131,33 @@ def value_of(choice: np.ndarray, profit: np.ndarray) -> float:
     return float(np.nanmean(gained))
 
 
+def margins_and_costs(policy: DecisionPolicy) -> tuple[np.ndarray, np.ndarray]:
+    """Each catalogue action's margin and cost, in catalogue order."""
+    actions = policy.catalogue.actions
+    return np.array([a.margin for a in actions]), np.array([a.cost for a in actions])
+
+
+def chosen_actions(table: pd.DataFrame, policy: DecisionPolicy) -> np.ndarray:
+    """Each decision's action as its catalogue index, -1 for do nothing."""
+    index = {a: j for j, a in enumerate(policy.catalogue.ids)}
+    return table["action_id"].map(index).fillna(-1).astype(int).to_numpy()
+
+
+def share_table(
+    rows: list[tuple[str, np.ndarray]], profit: np.ndarray, a_value: float, unit: str
+) -> dict[str, float]:
+    """Prints each policy's true profit, share of the oracle's and share contacted; returns the
+    shares by label (up to a colon: (d)'s label names its action, which varies)."""
+    print(f"  {'policy':44s} {unit:>14s} {'of oracle':>10s} {'contacted':>10s}")
+    shares = {}
+    for name, choice in rows:
+        v = value_of(choice, profit)
+        share = v / a_value if a_value else float("nan")
+        print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
+        shares[name.split(":")[0]] = share
+    return shares
+
+
 def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str, float]:
     """Prints the policy table of one world; returns each policy's share of the oracle."""
     truth_dir = data_dir.truth
@@ -142,8 +169,7 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
     response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
     persons = feats["person_id"].to_numpy()
     true_uplift, latent_uplift, true_value = true_matrices(truth_dir, persons, uplift_policy, con)
-    margin = np.array([a.margin for a in uplift_policy.catalogue.actions])
-    cost = np.array([a.cost for a in uplift_policy.catalogue.actions])
+    margin, cost = margins_and_costs(uplift_policy)
     # margin x uplift x true order value - cost, with the true uplift and with its latent mean
     profit = margin * true_uplift * true_value - cost
     latent_profit = margin * latent_uplift * true_value - cost
@@ -153,10 +179,9 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
     t_decide = time.perf_counter() - t0
     resp = response_policy.decide(feats, reasons=False)
     allowed = ours.eligibility.allowed
-    index = {a: j for j, a in enumerate(uplift_policy.catalogue.ids)}
 
     def chosen(table: pd.DataFrame) -> np.ndarray:
-        return table["action_id"].map(index).fillna(-1).astype(int).to_numpy()
+        return chosen_actions(table, uplift_policy)
 
     oracle = best_or_nothing(np.where(allowed, profit, -np.inf))
     latent_oracle = best_or_nothing(np.where(allowed, latent_profit, -np.inf))
@@ -191,13 +216,7 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
         f"\npolicy quality: {len(feats):,} persons (best-known fragment), decisions at {end}, "
         f"true incremental profit per person"
     )
-    print(f"  {'policy':44s} {'profit/person':>14s} {'of oracle':>10s} {'contacted':>10s}")
-    shares = {}
-    for name, choice in rows:
-        v = value_of(choice, profit)
-        share = v / a_value if a_value else float("nan")
-        print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
-        shares[name.split(":")[0]] = share  # (d)'s label names its action, which varies
+    shares = share_table(rows, profit, a_value, "profit/person")
     print(
         f"  decided {len(feats):,} persons in {t_decide:.2f} s "
         f"({len(feats) / t_decide:,.0f} decisions/s, features excluded)"
@@ -221,21 +240,18 @@ def every_customer_valuation(data_dir: DataDir, con, engine: BatchEngine) -> dic
     true_uplift, _, true_value = true_matrices(
         data_dir.truth, feats["person_id"].to_numpy(), uplift_policy, con
     )
-    margin = np.array([a.margin for a in uplift_policy.catalogue.actions])
-    cost = np.array([a.cost for a in uplift_policy.catalogue.actions])
+    margin, cost = margins_and_costs(uplift_policy)
     profit = margin * true_uplift * true_value - cost
     ours = uplift_policy.decide(feats, reasons=False)
     resp = response_policy.decide(feats, reasons=False)
     allowed = ours.eligibility.allowed
-    index = {a: j for j, a in enumerate(uplift_policy.catalogue.ids)}
 
     def chosen(table: pd.DataFrame) -> np.ndarray:
-        return table["action_id"].map(index).fillna(-1).astype(int).to_numpy()
+        return chosen_actions(table, uplift_policy)
 
     oracle = best_or_nothing(np.where(allowed, profit, -np.inf))
     blanket = [np.where(allowed[:, j], j, -1) for j in range(allowed.shape[1])]
     best_single = int(np.argmax([value_of(c, profit) for c in blanket]))
-    a_value = value_of(oracle, profit)
     rows = [
         ("[a] oracle", oracle),
         ("[b] uplift policy (ours)", chosen(ours.table)),
@@ -250,14 +266,7 @@ def every_customer_valuation(data_dir: DataDir, con, engine: BatchEngine) -> dic
         f"\nevery customer valued by its person's truth: {len(feats):,} customers "
         f"({feats['person_id'].nunique():,} persons)"
     )
-    print(f"  {'policy':44s} {'profit/cust.':>14s} {'of oracle':>10s} {'contacted':>10s}")
-    shares = {}
-    for name, choice in rows:
-        v = value_of(choice, profit)
-        share = v / a_value if a_value else float("nan")
-        print(f"  {name:44s} {v:14.5f} {share:10.1%} {np.mean(choice >= 0):10.1%}")
-        shares[name.split(":")[0]] = share
-    return shares
+    return share_table(rows, profit, value_of(oracle, profit), "profit/cust.")
 
 
 def where_uplift_loses(

@@ -142,16 +142,7 @@ def r_learner(sets: dict, s: Slices) -> np.ndarray:
 
 
 def dr_learner(sets: dict, s: Slices) -> np.ndarray:
-    mu1, mu0 = np.zeros(len(s.y)), np.zeros(len(s.y))
-    for fit, score in KFold(3, shuffle=True, random_state=0).split(s.X):
-        for arm, out in ((1.0, mu1), (0.0, mu0)):
-            rows = fit[s.t[fit] == arm]
-            model = lgb.LGBMClassifier(
-                n_estimators=150, learning_rate=0.05, num_leaves=15, min_child_samples=200,
-                verbose=-1,
-            )  # fmt: skip
-            model.fit(s.X.iloc[rows], s.y[rows])
-            out[score] = model.predict_proba(s.X.iloc[score])[:, 1]
+    mu1, mu0 = (_out_of_fold(s.X, s.y, s.t == arm) for arm in (1.0, 0.0))
     # DR pseudo-outcome: its mean given x is the effect whatever the nuisances' errors
     psi = mu1 - mu0 + s.t * (s.y - mu1) / s.e - (1 - s.t) * (s.y - mu0) / (1 - s.e)
     n = s.n
@@ -168,15 +159,21 @@ def dr_learner(sets: dict, s: Slices) -> np.ndarray:
 
 def _r_residuals(s: Slices) -> tuple[np.ndarray, np.ndarray]:
     """(t - e, y - m(x)) with m fitted out of fold."""
-    m = np.zeros(len(s.y))
-    for fit, score in KFold(3, shuffle=True, random_state=0).split(s.X):
+    return s.t - s.e, s.y - _out_of_fold(s.X, s.y, np.ones(len(s.y), dtype=bool))
+
+
+def _out_of_fold(X: pd.DataFrame, y: np.ndarray, fit_on: np.ndarray) -> np.ndarray:
+    """P(y | x) for every row from a classifier fitted on the `fit_on` rows of the other folds."""
+    out = np.zeros(len(y))
+    for fit, score in KFold(3, shuffle=True, random_state=0).split(X):
+        rows = fit[fit_on[fit]]
         model = lgb.LGBMClassifier(
             n_estimators=150, learning_rate=0.05, num_leaves=15, min_child_samples=200,
             verbose=-1,
         )  # fmt: skip
-        model.fit(s.X.iloc[fit], s.y[fit])
-        m[score] = model.predict_proba(s.X.iloc[score])[:, 1]
-    return s.t - s.e, s.y - m
+        model.fit(X.iloc[rows], y[rows])
+        out[score] = model.predict_proba(X.iloc[score])[:, 1]
+    return out
 
 
 def linear_r_learner(sets: dict, s: Slices) -> np.ndarray:
