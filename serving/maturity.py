@@ -716,7 +716,8 @@ def data_use(
     con.register("_nba_q", table[[CUSTOMER_ID, AS_OF]].drop_duplicates())
     try:
         hist = con.sql(
-            f"""SELECT q.{CUSTOMER_ID}, q.{AS_OF}, count(DISTINCT e.channel) AS history_channels
+            f"""SELECT q.{CUSTOMER_ID}, q.{AS_OF}, count(DISTINCT e.channel) AS history_channels,
+                       list(DISTINCT e.channel) FILTER (WHERE e.channel IS NOT NULL) AS seen
                 FROM _nba_q q LEFT JOIN events e
                   ON e.{CUSTOMER_ID} = q.{CUSTOMER_ID} AND e.ts < q.{AS_OF}
                 GROUP BY ALL"""
@@ -737,10 +738,15 @@ def data_use(
             feats, np.arange(len(feats)), table["action_id"].to_numpy()[acted]
         )
         names = inputs.data.channel_names
+        seen = table["seen"].to_numpy()
         for r, reasons, own in zip(acted, found, table[CHANNEL].to_numpy()[acted], strict=True):
             chans = {c for x in reasons if (c := _channel_of_feature(x.feature, names))}
             reason_channels[r] = len(chans)
-            cross[r] = bool(chans - {own})
+            # another channel's history used: a cited channel the customer has events on (a
+            # reason citing a channel without any, e.g. "never opened a push", uses none)
+            history = set(seen[r]) if isinstance(seen[r], list | np.ndarray) else set()
+            cross[r] = bool((chans - {own}) & history)
+    table = table.drop(columns="seen")
     table["reason_channels"] = reason_channels
     table["cross_channel_reason"] = cross
     table["could_use_cross_channel"] = table["history_channels"] >= 2
