@@ -226,7 +226,7 @@ def power(s: Slices) -> dict[str, float]:
     se = np.sqrt(((RZ * (ry[:, None] - RZ * slope)) ** 2).sum(0)) / den
     n_eff = float(np.sum(s.rt**2))
     return {
-        "max_feature_t": float(np.max(np.abs(slope / se))),
+        "max_feature_t": float(np.nanmax(np.abs(slope / se))),  # constant columns: 0/0
         "features": float(s.Z.shape[1]),
         "n_eff": n_eff,
         "signal_in_se": float(np.sqrt(n_eff * np.var(s.taught_train) / np.var(s.y))),
