@@ -59,12 +59,13 @@ from training.train import train
 LATENCY_CUSTOMERS = 200
 
 
-def primary_fragments(con, data_dir: DataDir) -> pd.DataFrame:
-    """customer_id -> person_id for each person's best-known fragment (most events)."""
+def primary_fragments(con, people: pd.DataFrame) -> pd.DataFrame:
+    """customer_id -> person_id for each person's best-known fragment (most events), of the
+    `people` map (`oracle.persons_of_customers`)."""
     events = con.sql(
         f"SELECT {CUSTOMER_ID}, count(*) AS events FROM events GROUP BY {CUSTOMER_ID}"
     ).df()
-    fragments = persons_of_customers(con, data_dir).merge(events, on=CUSTOMER_ID)
+    fragments = people.merge(events, on=CUSTOMER_ID)
     fragments = fragments.sort_values(
         ["person_id", "events", CUSTOMER_ID], ascending=[True, False, True]
     ).drop_duplicates("person_id")
@@ -161,10 +162,10 @@ def share_table(
 def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str, float]:
     """Prints the policy table of one world; returns each policy's share of the oracle."""
     truth_dir = data_dir.truth
-    people = primary_fragments(con, data_dir)
+    people = persons_of_customers(con, data_dir)
     end = data_end(con)
-    feats = engine.snapshot(end)
-    feats = feats.merge(people, on=CUSTOMER_ID).reset_index(drop=True)
+    snapshot = engine.snapshot(end)
+    feats = snapshot.merge(primary_fragments(con, people), on=CUSTOMER_ID).reset_index(drop=True)
     uplift_policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
     response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
     persons = feats["person_id"].to_numpy()
@@ -224,19 +225,23 @@ def quality(data_dir: DataDir, con, engine: BatchEngine, seed: int) -> dict[str,
     print(f"  share of persons with an allowed action: {allowed.any(axis=1).mean():.1%}")
     print(f"  (NOTHING = {NOTHING}; every policy obeys the same rules)")
     where_uplift_loses(ours.scored, allowed, profit, true_uplift, true_value, a_value)
-    shares.update(every_customer_valuation(data_dir, con, engine))
+    everyone = snapshot.merge(people, on=CUSTOMER_ID).reset_index(drop=True)
+    shares.update(every_customer_valuation(data_dir, con, everyone, uplift_policy, response_policy))
     return shares
 
 
-def every_customer_valuation(data_dir: DataDir, con, engine: BatchEngine) -> dict[str, float]:
+def every_customer_valuation(
+    data_dir: DataDir,
+    con,
+    feats: pd.DataFrame,
+    uplift_policy: DecisionPolicy,
+    response_policy: DecisionPolicy,
+) -> dict[str, float]:
     """The decisions `nba decide` makes for every customer (every fragment, not one per person),
     each valued with its person's truth for the chosen action, margin x true incremental x true
     order value - cost, every contacted customer paying its cost; the oracle is each customer's
-    best allowed action or nothing. Independent of (a)-(f): no choice of fragment per person."""
-    people = persons_of_customers(con, data_dir)
-    feats = engine.snapshot(data_end(con)).merge(people, on=CUSTOMER_ID).reset_index(drop=True)
-    uplift_policy = load_policy(data_dir.root, PolicyConfig(), DataConfig())
-    response_policy = load_policy(data_dir.root, PolicyConfig(scoring="response"), DataConfig())
+    best allowed action or nothing. Independent of (a)-(f): no choice of fragment per person.
+    `feats`: the decision-time features of every customer with its `person_id`."""
     true_uplift, _, true_value = true_matrices(
         data_dir.truth, feats["person_id"].to_numpy(), uplift_policy, con
     )

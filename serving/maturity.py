@@ -716,7 +716,7 @@ def data_use(
     con.register("_nba_q", table[[CUSTOMER_ID, AS_OF]].drop_duplicates())
     try:
         hist = con.sql(
-            f"""SELECT q.{CUSTOMER_ID}, q.{AS_OF}, count(DISTINCT e.channel) AS history_channels,
+            f"""SELECT q.{CUSTOMER_ID}, q.{AS_OF},
                        list(DISTINCT e.channel) FILTER (WHERE e.channel IS NOT NULL) AS seen
                 FROM _nba_q q LEFT JOIN events e
                   ON e.{CUSTOMER_ID} = q.{CUSTOMER_ID} AND e.ts < q.{AS_OF}
@@ -726,7 +726,9 @@ def data_use(
         con.unregister("_nba_q")
     hist[AS_OF] = pd.to_datetime(hist[AS_OF], utc=True)
     table = table.merge(hist, on=[CUSTOMER_ID, AS_OF], how="left")
-    table["history_channels"] = table["history_channels"].fillna(0).astype(int)
+    # channels with events before the decision (none: no row, or an empty list)
+    table["seen"] = [set(v) if isinstance(v, list | np.ndarray) else set() for v in table["seen"]]
+    table["history_channels"] = table["seen"].map(len)
     ids = table["action_id"]  # a catalogue action (never NOTHING, which no action may be named)
     acted = np.flatnonzero((ids.isin(inputs.policy.catalogue.ids) & (ids != "")).to_numpy())
     reason_channels = np.zeros(len(table), dtype=np.int64)
@@ -744,8 +746,7 @@ def data_use(
             reason_channels[r] = len(chans)
             # another channel's history used: a cited channel the customer has events on (a
             # reason citing a channel without any, e.g. "never opened a push", uses none)
-            history = set(seen[r]) if isinstance(seen[r], list | np.ndarray) else set()
-            cross[r] = bool((chans - {own}) & history)
+            cross[r] = bool((chans - {own}) & seen[r])
     table = table.drop(columns="seen")
     table["reason_channels"] = reason_channels
     table["cross_channel_reason"] = cross

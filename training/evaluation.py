@@ -23,7 +23,7 @@ from training import plots
 from training.bundle import ModelBundle
 from training.datasets import PURCHASED, RESPONDED, SPEND, TREATED
 from training.metrics import classification_metrics, uplift_metrics
-from training.oracle import Truth, contact_oracle, purchase_oracle
+from training.oracle import Truth, contact_oracle, purchase_oracle, uplift_types
 
 RF_SCORE = "all_purchase_decayed_90d"
 RECENCY = "all_purchase_days_since"
@@ -166,7 +166,7 @@ def evaluate_uplift(
     if truth is not None:
         # every scorer beside the truth: how it ranks the true effect, and each type's mean
         true_uplift = scorers["oracle"]
-        types = _uplift_types(truth, test)
+        types = uplift_types(truth, test[CUSTOMER_ID])
         for name, score in scorers.items():
             metrics[name]["corr_with_true_uplift"] = float(
                 pd.Series(score).corr(pd.Series(true_uplift), method="spearman")
@@ -181,14 +181,6 @@ def evaluate_uplift(
             y, t, scorers, "uplift: Qini curve (purchase)"
         )
     return FamilyReport("uplift", metrics, figures)
-
-
-def _uplift_types(truth: Truth, test: pd.DataFrame) -> np.ndarray | None:
-    """Each test contact's true uplift type (persuadable, sure thing, ...), if the world has them."""
-    if "uplift_type" not in truth.customers.columns:
-        return None
-    persons = truth.person_of_customer.reindex(test[CUSTOMER_ID].to_numpy()).to_numpy()
-    return truth.customers["uplift_type"].reindex(persons).to_numpy()
 
 
 def _uplift_by_type(types: np.ndarray, score: np.ndarray) -> dict[str, float]:

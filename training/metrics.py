@@ -68,6 +68,16 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def _cumulative_arms(
+    y: np.ndarray, treated: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Targeting by descending score: treated and control counts and positives in the top k."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    y = np.asarray(y, dtype=float)[order]
+    t = np.asarray(treated, dtype=bool)[order]
+    return np.cumsum(t), np.cumsum(~t), np.cumsum(y * t), np.cumsum(y * ~t)
+
+
 def qini_curve(
     y: np.ndarray, treated: np.ndarray, score: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -76,13 +86,9 @@ def qini_curve(
     Q(k) = Y_t(k) - Y_c(k) * N_t(k) / N_c(k): treated positives among the top k minus the
     control positives scaled to the treated group's size (Radcliffe's Qini curve).
     """
-    order = np.argsort(-np.asarray(score), kind="stable")
-    y = np.asarray(y, dtype=float)[order]
-    t = np.asarray(treated, dtype=bool)[order]
-    n_t, n_c = np.cumsum(t), np.cumsum(~t)
-    y_t, y_c = np.cumsum(y * t), np.cumsum(y * ~t)
-    ratio = np.divide(n_t, n_c, out=np.zeros(len(y)), where=n_c > 0)
-    return np.arange(1, len(y) + 1) / len(y), y_t - y_c * ratio
+    n_t, n_c, y_t, y_c = _cumulative_arms(y, treated, score)
+    ratio = np.divide(n_t, n_c, out=np.zeros(len(n_t)), where=n_c > 0)
+    return np.arange(1, len(n_t) + 1) / len(n_t), y_t - y_c * ratio
 
 
 def qini_coefficient(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> float:
@@ -103,13 +109,10 @@ def auuc(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> float:
     incremental outcomes per customer of treating the top k. Unlike the Qini it compares rates,
     so it does not depend on how the treated and control groups are mixed in the top k.
     """
-    order = np.argsort(-np.asarray(score), kind="stable")
-    y = np.asarray(y, dtype=float)[order]
-    t = np.asarray(treated, dtype=bool)[order]
-    n_t, n_c = np.cumsum(t), np.cumsum(~t)
-    rate_t = np.divide(np.cumsum(y * t), n_t, out=np.zeros(len(y)), where=n_t > 0)
-    rate_c = np.divide(np.cumsum(y * ~t), n_c, out=np.zeros(len(y)), where=n_c > 0)
-    frac = np.arange(1, len(y) + 1) / len(y)
+    n_t, n_c, y_t, y_c = _cumulative_arms(y, treated, score)
+    rate_t = np.divide(y_t, n_t, out=np.zeros(len(n_t)), where=n_t > 0)
+    rate_c = np.divide(y_c, n_c, out=np.zeros(len(n_c)), where=n_c > 0)
+    frac = np.arange(1, len(n_t) + 1) / len(n_t)
     curve = (rate_t - rate_c) * frac
     return float(np.mean(curve - frac * curve[-1]))
 

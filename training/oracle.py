@@ -52,6 +52,14 @@ def persons_of_customers(con: duckdb.DuckDBPyConnection, data_dir: DataDir) -> p
     ).df()
 
 
+def uplift_types(truth: Truth, customer_ids: pd.Series) -> np.ndarray | None:
+    """Each row's true uplift type (persuadable, sure thing, ...), if the world has them."""
+    if "uplift_type" not in truth.customers.columns:
+        return None
+    persons = truth.person_of_customer.reindex(customer_ids.to_numpy()).to_numpy()
+    return truth.customers["uplift_type"].reindex(persons).to_numpy()
+
+
 def contact_oracle(truth: Truth, event_ids: pd.Series) -> pd.DataFrame:
     """True p_response, p_purchase_treated, p_purchase_control and uplift per contact row."""
     out = truth.contacts.reindex(event_ids.to_numpy())

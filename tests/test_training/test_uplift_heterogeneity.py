@@ -24,7 +24,7 @@ from features.synthetic.world import generate_world
 from training.config import TrainingConfig
 from training.datasets import PURCHASED, TREATED
 from training.models import UpliftRLearner
-from training.oracle import load_truth
+from training.oracle import load_truth, uplift_types
 from training.train import build_training_data
 
 STRENGTH = 8.0  # the default world's effects times this
@@ -62,9 +62,7 @@ def persuadable_auc(root, seed: int) -> float:
         tr[cols], tr[TREATED].to_numpy(), tr[PURCHASED].to_numpy(),
         ca[cols], ca[TREATED].to_numpy(), ca[PURCHASED].to_numpy(),
     )  # fmt: skip
-    truth = load_truth(data_dir, con)
-    persons = truth.person_of_customer.reindex(te[CUSTOMER_ID].to_numpy()).to_numpy()
-    types = truth.customers["uplift_type"].reindex(persons).to_numpy()
+    types = uplift_types(load_truth(data_dir, con), te[CUSTOMER_ID])
     pred = model.predict_uplift(te[cols])
     # within each action: its mean effect alone separates nobody, only the effect model can
     actions = te[ACTION_ID].to_numpy(str)
